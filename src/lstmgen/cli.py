@@ -1,0 +1,329 @@
+"""The ``lstmgen`` command: a thin layer that parses arguments and calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+EXAMPLES = {
+    "train": """examples:
+  lstmgen train books/ --out runs/books                 # a folder, recursively
+  lstmgen train 'corpus/*.txt.gz' --out runs/big --val held_out.txt --units 1024 --layers 2
+  lstmgen train --resume runs/books --epochs 20         # continue exactly where it stopped
+  lstmgen train new.txt --from runs/books --out runs/tuned   # fine-tune, same vocabulary
+  lstmgen train                                         # no corpus: the built-in demo corpus""",
+    "generate": """examples:
+  lstmgen generate runs/books --prime "It was a dark" --length 400 --temperature 0.8
+  lstmgen generate runs/books --num-samples 4 --top-p 0.9 --seed 7
+  lstmgen generate runs/books --temperature 0          # greedy""",
+    "evaluate": """examples:
+  lstmgen evaluate runs/books held_out.txt
+  lstmgen evaluate runs/books test/ --json""",
+    "info": """examples:
+  lstmgen info runs/books""",
+    "demo": """examples:
+  lstmgen demo                      # ~3 minutes on 2 CPU cores, then samples
+  lstmgen demo --max-time 60 --out runs/quick""",
+    "serve": """examples:
+  lstmgen serve runs/books                 # http://127.0.0.1:8000
+  lstmgen serve runs/books --host 0.0.0.0 --port 9000""",
+}
+
+MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "cell")
+TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
+              "max_time", "schedule", "warmup_steps", "val_fraction", "val_tokens",
+              "eval_every", "checkpoint_every", "early_stopping", "sample_length", "seed",
+              "tensorboard", "encoding_errors")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--length", type=_nonneg_int, default=400,
+                   help="tokens to generate per sample (default 400)")
+    g.add_argument("--temperature", type=float, default=0.8,
+                   help="0 = greedy; 1 = as trained; lower is safer (default 0.8)")
+    g.add_argument("--top-k", type=_nonneg_int, default=0,
+                   help="sample among the k likeliest tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0,
+                   help="sample from the smallest set with this probability (1 = off)")
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible output")
+    g.add_argument("--num-samples", type=_positive_int, default=1,
+                   help="samples generated together as one batch")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group("model (fixed once a run starts)")
+    m.add_argument("--embedding-dim", type=_positive_int, help="embedding size (64)")
+    m.add_argument("--units", type=_positive_int, help="units per recurrent layer (512)")
+    m.add_argument("--layers", type=_positive_int, help="recurrent layers (1)")
+    m.add_argument("--dropout", type=float, help="dropout between layers (0)")
+    m.add_argument("--cell", choices=("lstm", "gru"), help="recurrent cell (lstm)")
+    t = p.add_argument_group("training")
+    t.add_argument("--tokenizer", choices=("char", "word", "bpe"), default=None,
+                   help="token unit (char)")
+    t.add_argument("--vocab-size", type=_positive_int, default=None,
+                   help="vocabulary cap for word/bpe tokenizers")
+    t.add_argument("--batch-size", type=_positive_int, help="sequences per step (64)")
+    t.add_argument("--seq-len", type=_positive_int, help="tokens per sequence (128)")
+    t.add_argument("--learning-rate", type=float, help="Adam learning rate (3e-3)")
+    t.add_argument("--clipnorm", type=float, help="gradient norm clip (5)")
+    t.add_argument("--epochs", type=_positive_int, help="passes over the training text (10)")
+    t.add_argument("--max-steps", type=_positive_int, help="stop after this many steps")
+    t.add_argument("--max-time", type=float, help="stop cleanly after this many seconds")
+    t.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule")
+    t.add_argument("--warmup-steps", type=_nonneg_int, help="linear warm-up (cosine)")
+    t.add_argument("--val", nargs="+", default=None, metavar="PATH",
+                   help="validation corpus (default: the last --val-fraction of the text)")
+    t.add_argument("--val-fraction", type=float, help="held-out share of the text (0.05)")
+    t.add_argument("--val-tokens", type=_positive_int,
+                   help="validation tokens scored at each evaluation (1,000,000)")
+    t.add_argument("--eval-every", type=_positive_int,
+                   help="also validate every N steps (default: each epoch)")
+    t.add_argument("--checkpoint-every", type=_positive_int, help="steps per checkpoint (500)")
+    t.add_argument("--early-stopping", type=_positive_int, metavar="PATIENCE",
+                   help="stop after PATIENCE evaluations without improvement")
+    t.add_argument("--sample-length", type=_nonneg_int, help="sample printed each epoch (200)")
+    t.add_argument("--seed", type=int, help="seed for initialisation and data order (0)")
+    t.add_argument("--tensorboard", action="store_true", default=None,
+                   help="write TensorBoard logs to RUN/logs")
+    t.add_argument("--encoding-errors", choices=("strict", "replace", "ignore"),
+                   help="what to do with invalid UTF-8 (strict: stop with an error)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lstmgen import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lstmgen",
+        description="Train LSTM language models on text of any size and generate from them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run `lstmgen COMMAND --help` for a command's options and examples",
+    )
+    parser.add_argument("--version", action="version", version=f"lstmgen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name, help_text):
+        return sub.add_parser(name, help=help_text, description=help_text,
+                              epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("train", "train a model on a corpus (files, folders, globs, .gz/.bz2/.xz)")
+    p.add_argument("corpus", nargs="*", help="text to train on (none: the built-in corpus)")
+    p.add_argument("--out", default=None, help="run folder to write (default runs/default)")
+    p.add_argument("--resume", metavar="RUN", default=None,
+                   help="continue the run in RUN from its last checkpoint")
+    p.add_argument("--from", dest="init_from", metavar="RUN", default=None,
+                   help="start from RUN's weights and vocabulary (fine-tuning)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_train_options(p)
+
+    p = command("generate", "generate text from a trained run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--prime", default="", help="text to continue (any length; default none)")
+    p.add_argument("--prime-file", default=None, help="read the prime from a file")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    _add_sampling(p)
+
+    p = command("evaluate", "loss, bits per character and perplexity on held-out text")
+    p.add_argument("run", help="run folder")
+    p.add_argument("corpus", nargs="+", help="text to score (files, folders, globs)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--max-tokens", type=_positive_int, default=None)
+    p.add_argument("--encoding-errors", choices=("strict", "replace", "ignore"),
+                   default="strict")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = command("info", "show a run's config, size, progress and best validation figures")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = command("demo", "train briefly on the built-in corpus (Python's own sources), sample")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--max-time", type=float, default=150.0,
+                   help="training budget in seconds (default 150)")
+
+    p = command("serve", "serve a trained run over HTTP, with a web page to play with it")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-length", type=_positive_int, default=2000,
+                   help="longest generation a request may ask for")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------
+def cmd_train(args) -> None:
+    import lstmgen
+
+    model_overrides = {k: getattr(args, k) for k in MODEL_ARGS if getattr(args, k) is not None}
+    train_overrides = {k: getattr(args, k) for k in TRAIN_ARGS if getattr(args, k) is not None}
+    verbose = 0 if args.quiet else 1
+    if args.resume:
+        if args.corpus or model_overrides or args.tokenizer or args.init_from:
+            raise lstmgen.LstmgenError(
+                "--resume continues a run as it was set up",
+                hint="drop the corpus/model/tokenizer arguments, or start a new run",
+            )
+        lstmgen.train(out=args.resume, resume=True, verbose=verbose, **train_overrides)
+        return
+    tokenizer_options = {"vocab_size": args.vocab_size} if args.vocab_size else None
+    lstmgen.train(
+        args.corpus or None,
+        out=args.out or "runs/default",
+        model=lstmgen.ModelConfig(**model_overrides),
+        tokenizer=args.tokenizer or "char",
+        tokenizer_options=tokenizer_options,
+        val=args.val,
+        init_from=args.init_from,
+        overwrite=args.overwrite,
+        verbose=verbose,
+        **train_overrides,
+    )
+
+
+def cmd_generate(args) -> None:
+    import lstmgen
+
+    prime = args.prime
+    if args.prime_file:
+        try:
+            with open(args.prime_file, encoding="utf-8") as f:
+                prime = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise lstmgen.LstmgenError(f"cannot read the prime file: {e}") from None
+    model = lstmgen.load(args.run, checkpoint=args.checkpoint)
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   seed=args.seed, num_samples=args.num_samples)
+    out = sys.stdout
+    if args.num_samples == 1:
+        out.write(prime)
+        for block in model.stream(prime, args.length, **options):
+            out.write(block[0])
+            out.flush()
+        out.write("\n")
+        return
+    for i, text in enumerate(model.generate(prime, args.length, **options)):
+        out.write(f"=== sample {i + 1} ===\n{prime}{text}\n")
+    out.flush()
+
+
+def cmd_evaluate(args) -> None:
+    import lstmgen
+
+    model = lstmgen.load(args.run, checkpoint=args.checkpoint)
+    result = model.evaluate(args.corpus, encoding_errors=args.encoding_errors,
+                            max_tokens=args.max_tokens)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    print(f"tokens          {result.tokens:,}")
+    print(f"characters      {result.chars:,}")
+    print(f"loss            {result.loss:.4f} nats/token")
+    print(f"bits per char   {result.bits_per_char:.4f}")
+    print(f"perplexity      {result.perplexity:.3f} (per token)")
+
+
+def cmd_info(args) -> None:
+    import lstmgen
+
+    info = lstmgen.load(args.run).info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    model = info["model"]
+    corpus = info["corpus"]
+    print(f"run             {info['run']} (lstmgen {info['lstmgen_version']})")
+    print(f"model           {model['layers']} x {model['cell'].upper()} {model['units']}, "
+          f"embedding {model['embedding_dim']}, dropout {model['dropout']}")
+    print(f"parameters      {info['parameters']:,}")
+    print(f"tokenizer       {info['tokenizer']}, vocabulary {info['vocab_size']:,}")
+    print(f"corpus          {', '.join(corpus.get('sources', [])) or '?'} "
+          f"({corpus.get('train_tokens', 0):,} train / {corpus.get('val_tokens', 0):,} "
+          "validation tokens)")
+    print(f"trained         {info['step']} steps (epoch {info['epoch']})")
+    best = info["best_val_loss"]
+    if best is not None:
+        print(f"best validation {best:.4f} nats/token, {info['best_val_bpc']:.4f} bits/char "
+              f"(step {info['best_step']})")
+
+
+def cmd_demo(args) -> None:
+    import lstmgen
+
+    print("lstmgen demo: learning to write Python from Python's own standard library.\n"
+          f"Training for {args.max_time:.0f} s; the run goes to {args.out}.", flush=True)
+    model = lstmgen.train(
+        None, out=args.out, overwrite=True,
+        model=lstmgen.ModelConfig(embedding_dim=64, units=256, layers=1),
+        batch_size=64, seq_len=128, learning_rate=3e-3, max_time=args.max_time,
+        epochs=100, eval_every=250, checkpoint_every=250, sample_length=0, val_tokens=100_000,
+    )
+    for prime in ("def ", "class ", "import "):
+        text = model.generate(prime, 400, temperature=0.6, seed=0)[0]
+        print(f"\n=== sample (prime {prime!r}, temperature 0.6) ===\n{prime}{text}")
+
+
+def cmd_serve(args) -> None:
+    from lstmgen.serve import serve
+
+    serve(args.run, host=args.host, port=args.port, max_length=args.max_length)
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate,
+            "info": cmd_info, "demo": cmd_demo, "serve": cmd_serve}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.showwarning = _show_warning
+    from lstmgen.errors import LstmgenError
+    from lstmgen.training import Interrupted
+
+    try:
+        COMMANDS[args.command](args)
+    except Interrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
+    except LstmgenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\naborted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""How the next token is chosen from the model's logits: temperature, top-k, top-p, greedy.
+
+Written in ``keras.ops`` so it traces into the compiled generation loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from lstmgen.errors import LstmgenError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings. ``temperature=0`` is greedy; ``top_k=0`` and ``top_p=1`` are off.
+
+    Example:
+        >>> Sampling(temperature=0.8, top_k=40).validate().greedy
+        False
+        >>> Sampling(temperature=0).greedy
+        True
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def validate(self, vocab_size: int | None = None) -> Sampling:
+        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise LstmgenError(
+                f"temperature must be >= 0, got {self.temperature}",
+                hint="0 is greedy, 1 samples the model as trained, e.g. 0.8",
+            )
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise LstmgenError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise LstmgenError(
+                f"top_p must be in (0, 1], got {self.top_p}", hint="1 is off, e.g. 0.9"
+            )
+        if vocab_size is not None and self.top_k > vocab_size:
+            return Sampling(self.temperature, vocab_size, self.top_p)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def filter_logits(logits, temperature, top_k: int, top_p):
+    """Scale ``logits`` (batch, vocab) by the temperature and mask all but the top-k tokens
+    and the smallest set whose probability reaches ``top_p``. ``top_k`` is static."""
+    from keras import ops
+
+    neg_inf = ops.full_like(logits, -1e30)
+    logits = logits / ops.maximum(temperature, 1e-6)
+    if top_k:
+        kth = ops.top_k(logits, top_k)[0][:, -1:]
+        logits = ops.where(logits < kth, neg_inf, logits)
+    ordered = ops.flip(ops.sort(logits, axis=-1), axis=-1)
+    probs = ops.softmax(ordered, axis=-1)
+    before = ops.cumsum(probs, axis=-1) - probs
+    kept = ops.sum(ops.cast(before < top_p, "int32"), axis=-1, keepdims=True)
+    threshold = ops.take_along_axis(ordered, ops.maximum(kept - 1, 0), axis=-1)
+    return ops.where(logits < threshold, neg_inf, logits)
