@@ -1,6 +1,7 @@
 """Checkpoints: one ``.weights.h5`` file holding the model weights, the optimizer state (Keras
-saves it with the weights of a compiled model) and the training state as JSON, written
-atomically so a crash at any moment leaves the previous checkpoint intact.
+saves it with the weights of a compiled model), the random-generator states of the dropout
+layers (Keras does not save those) and the training state as JSON, written atomically so a
+crash at any moment leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
+import numpy as np
 
 from lstmgen import atomic
 from lstmgen.errors import LstmgenError
@@ -24,6 +27,9 @@ def save_checkpoint(model, path: str | os.PathLike, state: dict) -> None:
         with h5py.File(tmp, "a") as f:
             group = f.require_group(STATE_GROUP)
             group.attrs["state"] = json.dumps(state)
+            rng = group.require_group("non_trainable")
+            for i, v in enumerate(model.non_trainable_variables):
+                rng.create_dataset(str(i), data=np.asarray(v.value))
 
 
 def read_state(path: str | os.PathLike) -> dict:
@@ -54,9 +60,24 @@ def load_checkpoint(model, path: str | os.PathLike) -> dict:
             warnings.filterwarnings("ignore", message=".*optimizer.*")
             warnings.filterwarnings("ignore", message=".*Skipping variable loading.*")
             model.load_weights(os.fspath(path))
+        _load_non_trainable(model, path)
     except (OSError, ValueError, KeyError) as e:
         raise LstmgenError(
             f"checkpoint {path} does not fit this model ({e})",
             hint="the file is damaged or from another run; retrain or restore it",
         ) from None
     return state
+
+
+def _load_non_trainable(model, path) -> None:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        saved = f[STATE_GROUP].get("non_trainable")
+        if saved is None:
+            return
+        variables = model.non_trainable_variables
+        if len(saved) != len(variables):
+            raise ValueError("non-trainable state does not match the model")
+        for i, v in enumerate(variables):
+            v.assign(np.asarray(saved[str(i)]))

@@ -149,7 +149,8 @@ def iter_file_text(
             pending_cr = text.endswith("\r")
             if pending_cr:
                 text = text[:-1]
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
+            if "\r" in text:  # one fast scan; two replace() calls cost ~10x more
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
         if text:
             yield text
     try:
@@ -247,7 +248,8 @@ def _iter_strings(strings: Iterable[str], normalize_newlines: bool) -> Iterator[
             pending_cr = text.endswith("\r")
             if pending_cr:
                 text = text[:-1]
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
+            if "\r" in text:  # one fast scan; two replace() calls cost ~10x more
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
         if text:
             yield text
     if pending_cr:

@@ -215,7 +215,7 @@ def _encode_into(out, source, tokenizer, dtype, read_options, verbose):
             ids = tokenizer.encode(chunk)
         if caught:
             unknown += _mapped_count(tokenizer, chunk)
-        out.write(np.asarray(ids, dtype=dtype).tobytes())
+        out.write(np.ascontiguousarray(ids, dtype=dtype))  # buffer protocol: no copy
         n_tokens += len(ids)
         n_chars += len(chunk)
         now = time.perf_counter()

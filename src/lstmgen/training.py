@@ -55,6 +55,7 @@ class TrainConfig:
     max_time: float | None = None
     schedule: str = "constant"
     warmup_steps: int = 0
+    schedule_steps: int | None = None
     val_fraction: float = 0.05
     val_tokens: int | None = 1_000_000
     eval_every: int | None = None
@@ -141,6 +142,7 @@ def train(
     init_from: str | os.PathLike | None = None,
     overwrite: bool = False,
     verbose: int = 1,
+    callbacks: list | None = None,
     **overrides,
 ) -> TrainedModel:
     """Train a language model and return it, loaded from its best checkpoint.
@@ -150,7 +152,8 @@ def train(
     optional validation corpus (default: the last ``val_fraction`` of the tokens). With
     ``resume=True`` training continues in ``out`` exactly where its last checkpoint left off;
     ``init_from`` starts from another run's weights and vocabulary (fine-tuning).
-    Keyword ``overrides`` set :class:`TrainConfig` fields (``epochs=3``).
+    Keyword ``overrides`` set :class:`TrainConfig` fields (``epochs=3``); ``callbacks`` are
+    extra Keras callbacks passed to ``fit``.
 
     Example:
         >>> import lstmgen
@@ -164,7 +167,7 @@ def train(
             raise LstmgenError(f"unknown training setting: {e}",
                                hint="see lstmgen.TrainConfig for the settings") from None
     if resume:
-        return _resume(out, config, overrides, verbose)
+        return _resume(out, config, overrides, verbose, callbacks)
     config = (config or TrainConfig()).validate()
     run_path = Path(out)
     if (run_path / "config.json").exists() and not overwrite:
@@ -186,6 +189,11 @@ def train(
         verbose=verbose > 0,
     )
     config = _fit_batch_to_data(config, data)
+    if config.schedule_steps is None:  # the schedule's length is fixed when the run starts
+        per_epoch = WindowOrder(data.meta.n_train, config.seq_len, config.batch_size,
+                                config.seed).batches_per_epoch
+        steps = config.epochs * per_epoch
+        config = replace(config, schedule_steps=min(steps, config.max_steps or steps))
     corpus_info = {
         "sources": data.meta.sources,
         "train_tokens": data.meta.n_train,
@@ -199,6 +207,9 @@ def train(
     for stale in (run.metrics_path, run.samples_path, run.checkpoint_path("last"),
                   run.checkpoint_path("best")):
         stale.unlink(missing_ok=True)
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
     lm = LanguageModel(model, fitted.vocab_size)
     if base:
         lm.training_model.set_weights(base.lm.training_model.get_weights())
@@ -206,10 +217,10 @@ def train(
         print(f"{run_path}: {fitted.kind} tokenizer, vocabulary {fitted.vocab_size}, "
               f"{data.meta.n_train:,} training and {data.meta.n_val:,} validation tokens, "
               f"{lm.count_params():,} parameters", flush=True)
-    return Trainer(run, lm, fitted, data, config, TrainingState(), verbose).fit()
+    return Trainer(run, lm, fitted, data, config, TrainingState(), verbose, callbacks).fit()
 
 
-def _resume(out, config, overrides, verbose) -> TrainedModel:
+def _resume(out, config, overrides, verbose, callbacks) -> TrainedModel:
     run = Run.open(out)
     saved = TrainConfig.from_dict(run.config.get("train", {}))
     changes = {k: v for k, v in (overrides or {}).items() if k in RESUMABLE_OVERRIDES}
@@ -221,7 +232,7 @@ def _resume(out, config, overrides, verbose) -> TrainedModel:
     tokenizer = run.tokenizer
     data = EncodedCorpus.open(run.data_dir)
     lm = LanguageModel(run.model_config, tokenizer.vocab_size)
-    trainer = Trainer(run, lm, tokenizer, data, config, TrainingState(), verbose)
+    trainer = Trainer(run, lm, tokenizer, data, config, TrainingState(), verbose, callbacks)
     if run.has_checkpoint("last"):
         state = TrainingState.from_dict(load_checkpoint(lm.training_model,
                                                         run.checkpoint_path("last")))
@@ -257,7 +268,8 @@ class Trainer:
     """Runs the epochs of one run: fit, validate, sample, checkpoint, plot."""
 
     def __init__(self, run: Run, lm: LanguageModel, tokenizer, data: EncodedCorpus,
-                 config: TrainConfig, state: TrainingState, verbose: int = 1):
+                 config: TrainConfig, state: TrainingState, verbose: int = 1,
+                 callbacks: list | None = None):
         from lstmgen.evaluation import Evaluator
 
         self.run, self.lm, self.tokenizer, self.data = run, lm, tokenizer, data
@@ -266,6 +278,7 @@ class Trainer:
                                  config.seed)
         self.evaluator = Evaluator(lm, seq_len=config.seq_len)
         self.generator = None
+        self.user_callbacks = list(callbacks or [])
         self.interrupted = False
         self._compile()
 
@@ -280,7 +293,7 @@ class Trainer:
         c = self.config
         lr = c.learning_rate
         if c.schedule == "cosine":
-            decay = max(1, self.total_steps() - c.warmup_steps)
+            decay = max(1, (c.schedule_steps or self.total_steps()) - c.warmup_steps)
             lr = keras.optimizers.schedules.CosineDecay(
                 initial_learning_rate=0.0 if c.warmup_steps else c.learning_rate,
                 decay_steps=decay, alpha=0.1,
@@ -304,7 +317,7 @@ class Trainer:
         if self.order.batches_per_epoch == 0:
             raise LstmgenError("the training split is smaller than one batch",
                                hint="use more text or a smaller --batch-size/--seq-len")
-        callbacks = [_StepCallback(self)]
+        callbacks = [*self.user_callbacks, _StepCallback(self)]
         if c.tensorboard:
             callbacks.append(_tensorboard_callback(self.run))
         previous = signal.signal(signal.SIGINT, self._on_sigint) \
@@ -320,7 +333,9 @@ class Trainer:
                 if self.verbose:
                     print(f"epoch {s.epoch + 1}/{c.epochs}", flush=True)
                 if len(dataset):
+                    # shuffle=False: the order is ours (WindowOrder), so resume can replay it.
                     self.lm.training_model.fit(dataset, epochs=1, verbose=self.verbose,
+                                               shuffle=False,
                                                callbacks=callbacks)
                 if self.interrupted or self._should_stop():
                     break
@@ -336,8 +351,9 @@ class Trainer:
         if not s.finished:
             s.finished = True
             s.stop_reason = s.stop_reason or "completed"
-            if s.batch:  # stopped mid-epoch: record where
+            if s.batch:  # stopped mid-epoch: record where, and show a sample
                 self.evaluate_and_record()
+                self.print_sample()
             self.save("last")
         if self.verbose:
             print(f"done: {s.stop_reason} at step {s.step}; best validation loss "

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+
+from lstmgen.dataset import EncodedCorpus, WindowDataset, WindowOrder, encode_corpus
+from lstmgen.errors import LstmgenError
+from lstmgen.tokenizers import CharTokenizer
+
+
+def test_encode_writes_compact_ids_that_decode_to_the_corpus(tmp_path, shakespeare):
+    tok, enc = encode_corpus(shakespeare, tmp_path, val_fraction=0.1, verbose=False)
+    text = shakespeare.read_text(encoding="utf-8")
+    assert enc.meta.dtype == "uint8"
+    assert enc.meta.n_tokens == len(text)
+    assert enc.meta.n_train == len(text) - len(text) // 10
+    assert (tmp_path / "tokens.bin").stat().st_size == len(text)
+    assert tok.decode(enc.train) + tok.decode(enc.val) == text
+    assert enc.meta.n_train_chars + enc.meta.n_val_chars == len(text)
+    reopened = EncodedCorpus.open(tmp_path)
+    assert reopened.meta == enc.meta
+
+
+def test_large_vocabulary_uses_uint16(tmp_path):
+    text = "".join(chr(0x4E00 + i) for i in range(300)) + "\n"
+    tok, enc = encode_corpus(iter([text]), tmp_path, verbose=False)
+    assert tok.vocab_size == 301
+    assert enc.meta.dtype == "uint16"
+    assert tok.decode(np.concatenate([enc.train, enc.val])) == text
+
+
+def test_separate_validation_corpus(tmp_path, small_text):
+    val = tmp_path / "val.txt"
+    val.write_text("ZZZ unseen? Q\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="outside the saved vocabulary"):
+        tok, enc = encode_corpus(small_text, tmp_path / "d", val_source=val, verbose=False)
+    assert enc.meta.n_val == len("ZZZ unseen? Q\n")
+    assert enc.meta.n_train == len(small_text.read_text(encoding="utf-8"))
+
+
+def test_iterable_source_is_spooled_and_removed(tmp_path):
+    tok, enc = encode_corpus((f"line {i}\n" for i in range(1000)), tmp_path, verbose=False)
+    assert enc.meta.n_tokens == sum(len(f"line {i}\n") for i in range(1000))
+    assert not list(tmp_path.glob("*.spool.txt"))
+
+
+def test_fitted_tokenizer_is_kept_and_unknowns_counted(tmp_path):
+    tok = CharTokenizer.fit(["abc \n"])
+    with pytest.warns(UserWarning, match="outside the saved vocabulary"):
+        same, enc = encode_corpus(iter(["abcé xyz\n"]), tmp_path, tokenizer=tok,
+                                  val_fraction=0, verbose=False)
+    assert same is tok
+    assert enc.meta.unknown_mapped == 4  # é, x, y, z
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(LstmgenError, match="empty"):
+        encode_corpus(empty, tmp_path / "d", verbose=False)
+
+
+def test_damaged_token_file_is_reported(tmp_path, small_text):
+    encode_corpus(small_text, tmp_path, verbose=False)
+    with open(tmp_path / "tokens.bin", "ab") as f:
+        f.write(b"xx")
+    with pytest.raises(LstmgenError, match="wrong size"):
+        EncodedCorpus.open(tmp_path)
+
+
+def test_windows_are_shifted_pairs_covering_the_split():
+    tokens = np.arange(10_000, dtype=np.uint32) % 251
+    positions = np.arange(10_000)
+    seq, batch = 16, 8
+    ds = WindowDataset(positions, seq_len=seq, batch_size=batch, seed=3, epoch=0)
+    covered = np.zeros(10_000, bool)
+    starts = []
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert x.shape == y.shape == (batch, seq)
+        assert (y == x + 1).all()  # every position predicts the next token
+        covered[x.ravel()] = True
+        starts.extend(x[:, 0].tolist())
+    assert len(starts) == len(set(starts))  # no window twice in an epoch
+    order = WindowOrder(len(tokens), seq, batch, 3)
+    dropped = order.n_windows - len(ds) * batch
+    assert dropped < batch
+    assert covered.sum() >= 10_000 - (dropped + 1) * seq - order.slack - 1
+
+
+def test_epochs_differ_and_order_is_reproducible():
+    positions = np.arange(5_000)
+    a = WindowDataset(positions, seq_len=10, batch_size=4, seed=1, epoch=0)
+    b = WindowDataset(positions, seq_len=10, batch_size=4, seed=1, epoch=0)
+    c = WindowDataset(positions, seq_len=10, batch_size=4, seed=1, epoch=1)
+    assert (a[5][0] == b[5][0]).all()
+    assert not (a[5][0] == c[5][0]).all()
+
+
+def test_first_batch_skips_exactly_the_trained_batches():
+    positions = np.arange(5_000)
+    full = WindowDataset(positions, seq_len=10, batch_size=4, seed=1, epoch=2)
+    rest = WindowDataset(positions, seq_len=10, batch_size=4, seed=1, epoch=2, first_batch=7)
+    assert len(rest) == len(full) - 7
+    assert (rest[0][0] == full[7][0]).all()
+
+
+def test_shards_split_each_global_batch():
+    positions = np.arange(5_000)
+    whole = WindowDataset(positions, seq_len=10, batch_size=4, seed=1, epoch=0)
+    parts = [WindowDataset(positions, seq_len=10, batch_size=4, seed=1, epoch=0,
+                           shard=(i, 2)) for i in range(2)]
+    joined = np.concatenate([parts[0][3][0], parts[1][3][0]])
+    assert (joined == whole[3][0]).all()

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from lstmgen.errors import LstmgenError
+from lstmgen.generation import Generator
+from lstmgen.model import LanguageModel, ModelConfig
+from lstmgen.tokenizers import CharTokenizer
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
+
+
+def make_generator(cell="lstm", layers=2):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    tok = CharTokenizer.fit([TEXT])
+    lm = LanguageModel(ModelConfig(units=24, embedding_dim=8, layers=layers, cell=cell),
+                       tok.vocab_size)
+    return Generator(lm, tok, block=16), tok, lm
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_carried_state_matches_running_the_whole_prefix(cell):
+    gen, tok, lm = make_generator(cell)
+    primes = [TEXT[:1], TEXT[:7], TEXT[:40], TEXT * 3]  # shorter and longer than training
+    _, logits = gen.prime_states([tok.encode(p) for p in primes])
+    for prime, got in zip(primes, np.asarray(logits)):
+        full = lm.training_model.predict(tok.encode(prime)[None, :], verbose=0)[0, -1]
+        np.testing.assert_allclose(got, full, atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_continuation_agrees_with_full_model_step_by_step():
+    gen, tok, lm = make_generator()
+    prime = "Before we"
+    text = gen.generate(prime, length=12, temperature=0)[0]
+    for i in range(len(text)):
+        ids = tok.encode(prime + text[:i])[None, :]
+        logits = lm.training_model.predict(ids, verbose=0)[0, -1]
+        assert tok.chars[int(np.argmax(logits))] == text[i]
+
+
+def test_seed_reproduces_and_samples_differ():
+    gen, _, _ = make_generator()
+    a = gen.generate("Fir", length=50, seed=7, num_samples=3)
+    b = gen.generate("Fir", length=50, seed=7, num_samples=3)
+    c = gen.generate("Fir", length=50, seed=8, num_samples=3)
+    assert a == b
+    assert a != c
+    assert len(set(a)) > 1  # the samples of one batch are independent draws
+    assert all(len(s) == 50 for s in a)
+
+
+def test_stream_blocks_join_to_generate():
+    gen, _, _ = make_generator()
+    blocks = list(gen.stream("hear", length=40, seed=3))
+    assert len(blocks) == 3  # 16 + 16 + 8
+    assert "".join(b[0] for b in blocks) == gen.generate("hear", length=40, seed=3)[0]
+
+
+def test_prime_edge_cases():
+    gen, tok, _ = make_generator()
+    assert len(gen.generate("", length=10, seed=0)[0]) == 10
+    with pytest.warns(UserWarning, match="outside the vocabulary"):
+        out = gen.generate("Ünïcödé ☃ 🙂", length=5, seed=0)[0]
+    assert len(out) == 5 and set(out) <= set(tok.chars)
+    assert gen.generate("abc", length=0) == [""]
+    assert len(gen.generate(["F", "Before we proceed"], length=4, seed=0)) == 2
+
+
+def test_top_k_one_is_greedy():
+    gen, _, _ = make_generator()
+    greedy = gen.generate("we ", length=30, temperature=0)[0]
+    assert gen.generate("we ", length=30, top_k=1, seed=5)[0] == greedy
+    assert gen.generate("we ", length=30, top_p=1e-6, seed=9)[0] == greedy
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": -1}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"top_k": -2}, "top_k"),
+    ({"num_samples": 0}, "num_samples"),
+])
+def test_bad_settings_are_errors(kwargs, message):
+    gen, _, _ = make_generator(layers=1)
+    with pytest.raises(LstmgenError, match=message):
+        gen.generate("a", length=5, **kwargs)
+    with pytest.raises(LstmgenError, match="length"):
+        gen.generate("a", length=-1)

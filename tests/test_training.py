@@ -1,0 +1,129 @@
+import csv
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import lstmgen
+import lstmgen.training
+from lstmgen.errors import LstmgenError
+
+TINY = lstmgen.ModelConfig(units=32, embedding_dim=16)
+
+
+def unigram_entropy_nats(text: str) -> float:
+    counts = Counter(text)
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values())
+
+
+def test_learns_shakespeare_well_below_unigram_entropy(tmp_path, shakespeare):
+    text = shakespeare.read_text(encoding="utf-8")
+    model = lstmgen.train(
+        shakespeare, out=tmp_path / "run", model=lstmgen.ModelConfig(units=128),
+        batch_size=32, seq_len=64, learning_rate=5e-3, max_steps=300, eval_every=150,
+        val_tokens=20_000, sample_length=0, verbose=0,
+    )
+    info = model.info()
+    assert info["step"] == 300
+    assert info["best_val_loss"] < unigram_entropy_nats(text) - 0.4
+    assert info["best_val_bpc"] == pytest.approx(info["best_val_loss"] / math.log(2))
+
+
+def test_run_folder_has_everything(trained_run):
+    model, out = trained_run
+    for name in ("config.json", "tokenizer.json", "data/tokens.bin", "data/meta.json",
+                 "checkpoints/last.weights.h5", "checkpoints/best.weights.h5", "metrics.csv",
+                 "loss.png", "samples.txt"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert rows and float(rows[-1]["val_loss"]) > 0
+    assert int(rows[-1]["step"]) == 30
+    assert not list(out.rglob("*.tmp*"))  # atomic writes leave no temporaries
+    reloaded = lstmgen.load(out)
+    assert reloaded.generate("A", 20, seed=1) == model.generate("A", 20, seed=1)
+
+
+def weights_of(path):
+    return lstmgen.load(path, checkpoint="last").lm.training_model.get_weights()
+
+
+class InterruptAt:
+    """A Keras callback that presses Ctrl-C (sends SIGINT) after a given global step."""
+
+    def __new__(cls, step):
+        import os
+        import signal
+
+        import keras
+
+        class _Interrupt(keras.callbacks.Callback):
+            seen = 0
+
+            def on_train_batch_end(self, batch, logs=None):
+                _Interrupt.seen += 1
+                if _Interrupt.seen == step:
+                    os.kill(os.getpid(), signal.SIGINT)
+
+        return _Interrupt()
+
+
+def test_ctrl_c_then_resume_is_bit_identical_to_straight_training(tmp_path, small_text):
+    settings = dict(model=lstmgen.ModelConfig(units=32, embedding_dim=16, layers=2,
+                                              dropout=0.2),
+                    batch_size=8, seq_len=32, checkpoint_every=1000, sample_length=0,
+                    schedule="cosine", warmup_steps=5, epochs=3, verbose=0)
+    straight = tmp_path / "straight"
+    lstmgen.train(small_text, out=straight, **settings)
+    half = tmp_path / "half"
+    epoch_steps = lstmgen.load(straight).info()["step"] // 3
+    stop_at = epoch_steps + epoch_steps // 2  # mid-way through the second epoch
+    with pytest.raises(lstmgen.training.Interrupted, match=f"interrupted at step {stop_at}"):
+        lstmgen.train(small_text, out=half, callbacks=[InterruptAt(stop_at)], **settings)
+    state = lstmgen.load(half, checkpoint="last").state
+    assert state["step"] == stop_at and state["epoch"] == 1
+    lstmgen.train(out=half, resume=True, verbose=0)
+    assert lstmgen.load(half, checkpoint="last").state["step"] == 3 * epoch_steps
+    for a, b in zip(weights_of(straight), weights_of(half)):
+        np.testing.assert_array_equal(a, b)
+    rows = list(csv.DictReader(open(half / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [epoch_steps, 2 * epoch_steps, 3 * epoch_steps]
+
+
+def test_bad_settings_are_one_line_errors(tmp_path, small_text):
+    with pytest.raises(LstmgenError, match="batch-size must be a positive integer"):
+        lstmgen.train(small_text, out=tmp_path / "a", batch_size=0)
+    with pytest.raises(LstmgenError, match="seq-len must be a positive integer"):
+        lstmgen.train(small_text, out=tmp_path / "a", seq_len=-5)
+    with pytest.raises(LstmgenError, match="units must be a positive integer"):
+        lstmgen.train(small_text, out=tmp_path / "a", model=lstmgen.ModelConfig(units=0))
+    with pytest.raises(LstmgenError, match="fewer than one sequence"):
+        lstmgen.train(iter(["short text\n"]), out=tmp_path / "b", verbose=0)
+    with pytest.raises(LstmgenError, match="unknown training setting"):
+        lstmgen.train(small_text, out=tmp_path / "c", bogus=1)
+    with pytest.raises(LstmgenError, match="no run folder"):
+        lstmgen.train(out=tmp_path / "none", resume=True)
+
+
+def test_existing_run_is_not_overwritten(trained_run, small_text):
+    _, out = trained_run
+    with pytest.raises(LstmgenError, match="already holds a run"):
+        lstmgen.train(small_text, out=out)
+
+
+def test_small_corpus_lowers_the_batch_size(tmp_path):
+    with pytest.warns(UserWarning, match="batch size lowered"):
+        model = lstmgen.train(iter(["abcdefghij\n" * 60]), out=tmp_path / "r", model=TINY,
+                              seq_len=32, max_steps=2, sample_length=0, verbose=0)
+    assert model.run.config["train"]["batch_size"] < 64
+
+
+def test_fine_tuning_keeps_the_vocabulary(tmp_path, trained_run):
+    base, out = trained_run
+    with pytest.warns(UserWarning, match="outside the saved vocabulary"):
+        tuned = lstmgen.train(iter(["Ωmega text for tuning, with ünseen letters.\n" * 200]),
+                              out=tmp_path / "tuned", init_from=out, batch_size=8,
+                              seq_len=32, max_steps=3, sample_length=0, verbose=0)
+    assert tuned.tokenizer.chars == base.tokenizer.chars
+    assert tuned.lm.config == base.lm.config
