@@ -118,7 +118,17 @@ def test_length_zero(client):
     assert [name for name, _ in events] == ["done"]
 
 
+def wait_warm(client, timeout=60):
+    """Wait until the server has compiled its batch sizes: only then may the test thread use
+    the model too (Keras cannot trace one model in two threads at once)."""
+    deadline = time.monotonic() + timeout
+    while not client.get("/health").json()["warm"]:
+        assert time.monotonic() < deadline, "the server never finished warming up"
+        time.sleep(0.1)
+
+
 def test_seed_reproducible(client, model):
+    wait_warm(client)
     request = {"prime": "a lazy", "length": 80, "seed": 7, "temperature": 0.8,
                "num_samples": 2}
     first = client.post("/generate", json=request).json()["samples"]

@@ -45,7 +45,7 @@ def server(tmp_path_factory):
     out = tmp_path_factory.mktemp("browser") / "run"
     model = lstmgen.train(corpus(), out=out, model=lstmgen.ModelConfig(units=32, embedding_dim=16),
                           max_steps=20, batch_size=16, seq_len=32, sample_length=0, verbose=0)
-    app = create_app(model, max_length=1000)
+    app = create_app(model, max_length=1000, max_batch=4, max_samples=4)
     # A tiny model writes 400 characters in a millisecond; pace its blocks so the browser
     # visibly receives the text in pieces.
     generator = model.generator

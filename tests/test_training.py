@@ -127,3 +127,26 @@ def test_fine_tuning_keeps_the_vocabulary(tmp_path, trained_run):
                               seq_len=32, max_steps=3, sample_length=0, verbose=0)
     assert tuned.tokenizer.chars == base.tokenizer.chars
     assert tuned.lm.config == base.lm.config
+
+
+def test_early_stopping_best_vs_last_and_tensorboard(tmp_path, small_text):
+    # A learning rate this high wrecks the model after its first evaluations: validation
+    # stops improving, early stopping ends the run, and `best` stays the early checkpoint.
+    model = lstmgen.train(small_text, out=tmp_path / "r", model=TINY, batch_size=8, seq_len=32,
+                          learning_rate=3.0, clipnorm=100.0, eval_every=4, early_stopping=2,
+                          epochs=50, sample_length=0, tensorboard=True, verbose=0)
+    last = lstmgen.load(tmp_path / "r", checkpoint="last").state
+    assert last["stop_reason"].startswith("early stopping")
+    assert last["evals_without_improvement"] == 2
+    assert model.state["step"] == last["best_step"] < last["step"]
+    rows = list(csv.DictReader(open(tmp_path / "r" / "metrics.csv")))
+    assert min(float(r["val_loss"]) for r in rows) == pytest.approx(last["best_val_loss"])
+    assert list((tmp_path / "r" / "logs").glob("events.out.tfevents.*"))
+
+
+def test_max_time_stops_cleanly(tmp_path, small_text):
+    lstmgen.train(small_text, out=tmp_path / "r", model=TINY, batch_size=8, seq_len=32,
+                  max_time=3.0, epochs=1000, sample_length=0, verbose=0)
+    state = lstmgen.load(tmp_path / "r", checkpoint="last").state
+    assert state["stop_reason"] == "time budget reached"
+    assert state["finished"] and state["step"] > 0

@@ -154,10 +154,11 @@ def iter_file_text(
         if text:
             yield text
     try:
+        buffered = len(decoder.getstate()[0])
         tail = decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         raise LstmgenError(
-            f"{path} ends inside a UTF-8 character (byte offset {offset})",
+            f"{path} ends inside a UTF-8 character (byte offset {offset - buffered})",
             hint="the file is truncated; convert or repair it, or pass --encoding-errors replace",
         ) from None
     if pending_cr:

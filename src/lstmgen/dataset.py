@@ -197,7 +197,7 @@ def encode_corpus(
         raise LstmgenError("the corpus is empty", hint="pass files that contain text")
     if unknown:
         warnings.warn(
-            f"{unknown} character(s) of the corpus are outside the saved vocabulary and were "
+            f"{unknown} token(s) of the corpus are outside the saved vocabulary and were "
             "mapped to known ones",
             UnknownTokensWarning,
             stacklevel=2,

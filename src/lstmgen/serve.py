@@ -25,6 +25,7 @@ import json
 import socket
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -114,8 +115,15 @@ class BatchScheduler:
         >>> scheduler.submit(job)                                     # doctest: +SKIP
     """
 
-    def __init__(self, model, max_batch: int = 32, max_queue: int = 256):
+    def __init__(self, model, max_batch: int = 32, max_queue: int = 256,
+                 warm_sizes: tuple[int, ...] = ()):
         self.model = model
+        # Batch sizes to compile while idle. Keras traces a model's call in shared layer
+        # state, so all tracing (compiling) must happen in this one thread, never alongside.
+        self._to_warm = list(warm_sizes)
+        self.warm = threading.Event()
+        if not self._to_warm:
+            self.warm.set()
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._pending: collections.deque[Job] = collections.deque()
@@ -132,13 +140,21 @@ class BatchScheduler:
                 raise LstmgenError("the server is shutting down")
             if len(self._pending) >= self.max_queue:
                 raise OverflowError(f"{len(self._pending)} requests are already waiting")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="lstmgen-generate",
-                                                daemon=True)
-                self._thread.start()
+            self._start_thread()
             self._pending.append(job)
             self.stats["requests"] += 1
             self._wake.notify()
+
+    def start(self) -> None:
+        """Start the worker now (else at the first request), e.g. to warm up while idle."""
+        with self._wake:
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lstmgen-generate",
+                                            daemon=True)
+            self._thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
         with self._wake:
@@ -159,16 +175,31 @@ class BatchScheduler:
         generator = self.model.generator
         while True:
             with self._wake:
-                while not (self._pending or self._active or self._stopping):
+                while not (self._pending or self._active or self._stopping or self._to_warm):
                     self._wake.wait()
                 if self._stopping:
                     break
                 waiting = list(self._pending)
                 self._pending.clear()
+            if not (waiting or self._active):
+                self._warm_next(generator)
+                continue
             for jobs in self._group(waiting):
                 self._active.append(self._start(generator, jobs))
             self._active = [batch for batch in self._active if batch.step()]
         self._shut_down()
+
+    def _warm_next(self, generator) -> None:
+        """Compile the generation step for the next batch size (seconds), so the first batch
+        of that size does not wait for XLA."""
+        size = self._to_warm.pop(0)
+        try:
+            generator.generate([""] * size, 1, seed=0)
+        except Exception as e:  # noqa: BLE001 - a failed warm-up only costs time later
+            warnings.warn(f"warming up batch size {size} failed: {e}", stacklevel=1)
+        finally:
+            if not self._to_warm:
+                self.warm.set()
 
     def _group(self, jobs: list[Job]) -> list[list[Job]]:
         groups: dict = {}
@@ -210,16 +241,6 @@ class BatchScheduler:
 def batch_size(streams: int, max_batch: int) -> int:
     """The padded size of an unseeded batch: the next power of two, at most ``max_batch``."""
     return max(streams, min(1 << (streams - 1).bit_length(), max_batch))
-
-
-def _warm_up(generator, sizes: list[int], done: threading.Event) -> None:
-    """Compile the generation step for each padded batch size (a few seconds each), so that
-    the first batches of each size do not wait for XLA."""
-    try:
-        for size in sizes:
-            generator.generate([""] * size, 1, seed=0)
-    finally:
-        done.set()
 
 
 # -- the HTTP application -----------------------------------------------------------------
@@ -325,8 +346,9 @@ def create_app(model, *, max_length: int = 2000, max_samples: int = 16, max_batc
 
     ``max_length`` caps the tokens a request may ask for; ``max_batch`` the streams batched
     into one model step. ``warmup`` compiles the generation step for one stream before the
-    app is returned, then for the other batch sizes in a background thread (``/health``
-    reports ``"warm": true`` once done).
+    app is returned, then for the other batch sizes in the worker whenever it is idle
+    (``/health`` reports ``"warm": true`` once done). While the app runs, generate with
+    ``model`` only through it: Keras cannot trace one model in two threads at once.
 
     Example:
         >>> app = create_app("runs/books", max_length=1000)           # doctest: +SKIP
@@ -342,15 +364,12 @@ def create_app(model, *, max_length: int = 2000, max_samples: int = 16, max_batc
         model = load(model, checkpoint)
     if max_samples > max_batch:
         raise LstmgenError(f"max_samples ({max_samples}) must be <= max_batch ({max_batch})")
-    warm = threading.Event()
+    sizes = ()
     if warmup:
         model.generate("", 1, seed=0)
-        sizes = sorted({batch_size(n, max_batch) for n in range(2, max_batch + 1)})
-        threading.Thread(target=_warm_up, args=(model.generator, sizes, warm),
-                         name="lstmgen-warmup", daemon=True).start()
-    else:
-        warm.set()
-    scheduler = BatchScheduler(model, max_batch=max_batch)
+        sizes = tuple(sorted({batch_size(n, max_batch) for n in range(2, max_batch + 1)}))
+    scheduler = BatchScheduler(model, max_batch=max_batch, warm_sizes=sizes)
+    scheduler.start()
     info = {**model.info(), "limits": {"max_length": max_length, "max_samples": max_samples,
                                        "max_prime_chars": max_prime_chars}}
     page = (resources.files("lstmgen") / "static" / "index.html").read_text("utf-8")
@@ -408,7 +427,7 @@ def create_app(model, *, max_length: int = 2000, max_samples: int = 16, max_batc
     @app.get("/health", summary="Liveness and the generation worker's counters")
     async def health():
         body = {"status": "ok" if scheduler.alive else "worker stopped",
-                "warm": warm.is_set(), **scheduler.load(), **scheduler.stats}
+                "warm": scheduler.warm.is_set(), **scheduler.load(), **scheduler.stats}
         return JSONResponse(body, status_code=200 if scheduler.alive else 503)
 
     @app.post("/generate", summary="Generate text; the whole result as JSON")

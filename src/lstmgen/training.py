@@ -279,6 +279,12 @@ class Trainer:
         self.evaluator = Evaluator(lm, seq_len=config.seq_len)
         self.generator = None
         self.user_callbacks = list(callbacks or [])
+        self._last_eval_step = None
+        self.tensorboard = None
+        if config.tensorboard:
+            from lstmgen.tensorboard import TensorBoardLogger
+
+            self.tensorboard = TensorBoardLogger(run.logs_dir)
         self.interrupted = False
         self._compile()
 
@@ -318,8 +324,6 @@ class Trainer:
             raise LstmgenError("the training split is smaller than one batch",
                                hint="use more text or a smaller --batch-size/--seq-len")
         callbacks = [*self.user_callbacks, _StepCallback(self)]
-        if c.tensorboard:
-            callbacks.append(_tensorboard_callback(self.run))
         previous = signal.signal(signal.SIGINT, self._on_sigint) \
             if _main_thread() else None
         self._clock = time.monotonic() - s.elapsed
@@ -352,7 +356,8 @@ class Trainer:
             s.finished = True
             s.stop_reason = s.stop_reason or "completed"
             if s.batch:  # stopped mid-epoch: record where, and show a sample
-                self.evaluate_and_record()
+                if self._last_eval_step != s.step:
+                    self.evaluate_and_record()
                 self.print_sample()
             self.save("last")
         if self.verbose:
@@ -419,6 +424,7 @@ class Trainer:
     def evaluate_and_record(self) -> None:
         s, c = self.state, self.config
         s.elapsed = self.elapsed()
+        self._last_eval_step = s.step
         val = None
         if self.data.meta.n_val > 1:
             val = self.evaluator(self.data.val, chars=self.data.meta.n_val_chars,
@@ -433,6 +439,8 @@ class Trainer:
             "val_perplexity": val.perplexity if val else None,
         }
         self.append_metrics(row)
+        if self.tensorboard:
+            self.tensorboard.log(row)
         if val is not None:
             if s.best_val_loss is None or val.loss < s.best_val_loss:
                 s.best_val_loss, s.best_val_bpc, s.best_step = val.loss, val.bits_per_char, s.step
@@ -510,12 +518,6 @@ class _StepCallback:
                     self.model.stop_training = True
 
         return StepCallback()
-
-
-def _tensorboard_callback(run: Run):
-    from lstmgen.tensorboard import TensorBoardLogger
-
-    return TensorBoardLogger(run.logs_dir)
 
 
 def _main_thread() -> bool:

@@ -1,0 +1,105 @@
+"""Helpers shared by the benchmark scripts: timing, load, memory, the shared data folder."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path | None:
+    """The project's shared data folder (``../shared/data`` beside the repository), if any."""
+    for candidate in (os.environ.get("LSTMGEN_DATA"), REPO.parent / "shared" / "data",
+                      REPO / "shared" / "data"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def tiny_shakespeare() -> Path:
+    folder = data_dir()
+    path = folder / "tiny_shakespeare" / "input.txt" if folder else None
+    if not path or not path.is_file():
+        sys.exit("tiny-shakespeare not found: set LSTMGEN_DATA to the folder that holds "
+                 "tiny_shakespeare/input.txt")
+    return path
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def header(title: str) -> None:
+    import numpy
+
+    print(f"== {title}")
+    print(f"python {platform.python_version()}, numpy {numpy.__version__}, "
+          f"{os.cpu_count()} CPUs, {platform.machine()}; {load()}", flush=True)
+
+
+def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def proc_status() -> dict[str, int]:
+    """Memory figures of this process in bytes (Linux /proc; else peak RSS only)."""
+    wanted = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
+    try:
+        with open("/proc/self/status") as f:
+            rows = [line.split() for line in f if line.split(":")[0] in wanted]
+        return {r[0].rstrip(":"): int(r[1]) * 1024 for r in rows}
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"VmHWM": peak if sys.platform == "darwin" else peak * 1024}
+
+
+class PeakAnonSampler:
+    """Samples resident memory every ``interval`` s in a thread: ``peak`` is the anonymous
+    (heap) memory, ``peak_file`` the file-backed pages (libraries, and the pages of a
+    ``np.memmap`` -- clean page cache that the kernel may drop at any time)."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.peak = 0
+        self.peak_file = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def _sample(self):
+        status = proc_status()
+        self.peak = max(self.peak, status.get("RssAnon", 0))
+        self.peak_file = max(self.peak_file, status.get("RssFile", 0))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"

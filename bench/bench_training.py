@@ -1,0 +1,195 @@
+"""Training throughput: lstmgen's Keras model (JAX) vs plain PyTorch ``nn.LSTM``, side by side.
+
+Embedding 128 -> LSTM H -> Dense 65, batch 64 x seq 128, Adam with gradient clipping, for
+H in 256/512/1024. Measured in one process, one after the other, for each H:
+
+- ``keras``: lstmgen's ``LanguageModel`` (stock ``keras.layers.LSTM``), ``train_on_batch``;
+- ``fused``: the same model with :class:`lstmgen.layers.FusedLSTM` (input projection hoisted
+  out of the scan, custom gradient);
+- ``torch`` / ``torch1``: ``nn.Embedding -> nn.LSTM -> nn.Linear`` on the CPU with all threads
+  / one thread (skipped if torch is absent);
+- ``matmul``: a 4096^2 fp32 matrix product (JAX and torch), the practical peak of the machine.
+
+Figures are medians of ``--repeats`` steps after warm-up steps; FLOPs per token are counted
+as 6 * (4*H*(E+H) + H*V) (forward + backward of the matrix products).
+
+    python bench/bench_training.py            # H = 256, 512, 1024
+    python bench/bench_training.py --quick    # H = 256, 512; fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import header, load, median_time  # noqa: E402
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+EMBED, VOCAB, BATCH, SEQ = 128, 65, 64, 128
+
+
+def flops_per_token(units: int) -> int:
+    return 6 * (4 * units * (EMBED + units) + units * VOCAB)
+
+
+@contextlib.contextmanager
+def lstm_class(cls):
+    """Build lstmgen models with ``cls`` in place of ``keras.layers.LSTM``."""
+    import keras
+
+    stock = keras.layers.LSTM
+    keras.layers.LSTM = cls
+    try:
+        yield
+    finally:
+        keras.layers.LSTM = stock
+
+
+def keras_step(units: int, fused: bool):
+    import keras
+    import numpy as np
+
+    from lstmgen.layers import FusedLSTM
+    from lstmgen.model import LanguageModel, ModelConfig
+
+    with lstm_class(FusedLSTM if fused else keras.layers.LSTM):
+        lm = LanguageModel(ModelConfig(embedding_dim=EMBED, units=units), VOCAB)
+    model = lm.training_model
+    model.compile(optimizer=keras.optimizers.Adam(3e-3, clipnorm=5.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, VOCAB, (BATCH, SEQ)).astype("int32")
+    y = rng.integers(0, VOCAB, (BATCH, SEQ)).astype("int32")
+    return lambda: model.train_on_batch(x, y)
+
+
+def torch_step(units: int, threads: int):
+    import torch
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(VOCAB, EMBED)
+            self.lstm = torch.nn.LSTM(EMBED, units, batch_first=True)
+            self.head = torch.nn.Linear(units, VOCAB)
+
+        def forward(self, x):
+            out, _ = self.lstm(self.embedding(x))
+            return self.head(out)
+
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    x = torch.randint(0, VOCAB, (BATCH, SEQ))
+    y = torch.randint(0, VOCAB, (BATCH, SEQ))
+
+    def step():
+        torch.set_num_threads(threads)
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(x).reshape(-1, VOCAB), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def matmul_gflops(repeats: int) -> dict[str, float]:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    n = 4096
+    a = np.random.default_rng(0).normal(size=(n, n)).astype("float32")
+    result = {}
+    ja = jnp.asarray(a)
+    dot = jax.jit(lambda p, q: p @ q)
+    result["jax"] = 2 * n**3 / median_time(lambda: dot(ja, ja).block_until_ready(), repeats) / 1e9
+    torch = _torch()
+    if torch is not None:
+        ta = torch.from_numpy(a)
+        result["torch"] = 2 * n**3 / median_time(lambda: ta @ ta, repeats) / 1e9
+    return result
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    return torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="H = 256, 512; 3 repeats")
+    parser.add_argument("--units", type=int, nargs="+", default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    units_list = args.units or ([256, 512] if args.quick else [256, 512, 1024])
+    repeats = args.repeats or (3 if args.quick else 5)
+
+    header("bench_training: tokens/s, Keras (JAX) vs fused layer vs PyTorch")
+    torch = _torch()
+    if torch is None:
+        print("torch not installed: the PyTorch column is skipped "
+              "(pip install torch==2.13.0 for the CPU build)")
+    else:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    peak = matmul_gflops(repeats)
+    print("fp32 matmul 4096^2: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()),
+          flush=True)
+    best_peak = max(peak.values())
+
+    rows = []
+    print(f"\n{'H':>5s} {'impl':6s} {'s/step':>7s} {'tokens/s':>9s} {'GFLOP/s':>8s} "
+          f"{'% peak':>7s}")
+    for units in units_list:
+        candidates = [("keras", lambda u=units: keras_step(u, fused=False)),
+                      ("fused", lambda u=units: keras_step(u, fused=True))]
+        if torch is not None:
+            # Under load, two spinning OpenMP threads can be far slower than one: show both.
+            candidates += [("torch", lambda u=units: torch_step(u, os.cpu_count() or 1)),
+                           ("torch1", lambda u=units: torch_step(u, 1))]
+        steps = {name: make() for name, make in candidates}
+        for step in steps.values():  # compile / warm up
+            step()
+            step()
+        samples = {name: [] for name in steps}
+        for _ in range(repeats):  # interleaved, so a burst of load hits every column alike
+            for name, step in steps.items():
+                started = time.perf_counter()
+                step()
+                samples[name].append(time.perf_counter() - started)
+        times = {name: statistics.median(v) for name, v in samples.items()}
+        for name, seconds in times.items():
+            tokens = BATCH * SEQ / seconds
+            gflops = tokens * flops_per_token(units) / 1e9
+            print(f"{units:5d} {name:6s} {seconds:7.3f} {tokens:9,.0f} {gflops:8.1f} "
+                  f"{100 * gflops / best_peak:6.1f}%", flush=True)
+        del steps
+        rows.append((units, times))
+
+    print("\nratios (speed-up, higher is faster):")
+    for units, t in rows:
+        parts = [f"fused/keras {t['keras'] / t['fused']:.2f}x"]
+        if "torch" in t:
+            best = min(t["torch"], t["torch1"])
+            parts += [f"keras/torch(best of 1 or all threads) {best / t['keras']:.2f}x",
+                      f"fused/torch(best) {best / t['fused']:.2f}x"]
+        print(f"  H={units}: " + ", ".join(parts))
+    print(f"\nend: {load()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import lstmgen
+from lstmgen.cli import main
+
+COMMANDS = ("train", "generate", "evaluate", "info", "demo", "serve")
+
+
+def run_cli(*args, timeout=300, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "lstmgen.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env, **kw)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"lstmgen {command}" in out
+
+
+def test_generate_streams_prime_and_is_reproducible(trained_run):
+    _, out = trained_run
+    first = run_cli("generate", out, "--prime", "ROMEO:", "--length", "40", "--seed", "5")
+    second = run_cli("generate", out, "--prime", "ROMEO:", "--length", "40", "--seed", "5")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert first.stdout.startswith("ROMEO:") and len(first.stdout) == len("ROMEO:") + 41
+
+
+def test_generate_several_samples_and_unknown_prime_characters(trained_run):
+    _, out = trained_run
+    result = run_cli("generate", out, "--prime", "Zwölf Boxkämpfer ☃", "--length", "10",
+                     "--num-samples", "3", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("=== sample") == 3
+    assert "warning:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_and_info(trained_run, small_text):
+    _, out = trained_run
+    result = run_cli("evaluate", out, small_text, "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["tokens"] == len(small_text.read_text(encoding="utf-8")) - 1
+    assert 0 < figures["bits_per_char"] < 8
+    info = run_cli("info", out)
+    assert info.returncode == 0, info.stderr
+    assert "parameters" in info.stdout and "best validation" in info.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "/no/such/run"], "no run folder"),
+    (["generate", "RUN", "--temperature", "-1"], "temperature must be >= 0"),
+    (["generate", "RUN", "--top-p", "0"], "top_p must be in (0, 1]"),
+    (["generate", "RUN", "--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["evaluate", "RUN", "/no/such/file.txt"], "no such file or folder"),
+    (["train", "/no/such/file.txt", "--out", "OUT"], "no such file or folder"),
+    (["train", "EMPTY", "--out", "OUT"], "empty"),
+    (["train", "BINARY", "--out", "OUT"], "is not text: NUL byte"),
+    (["train", "LATIN1", "--out", "OUT"], "not valid UTF-8 at byte offset 3"),
+    (["train", "SHORT", "--out", "OUT"], "fewer than one sequence"),
+    (["train", "SHORT", "--out", "OUT", "--dropout", "1.5"], "dropout must be in [0, 1)"),
+    (["train", "--resume", "/no/such/run"], "no run folder"),
+    (["info", "NOTARUN"], "not an lstmgen run folder"),
+])
+def test_bad_input_gives_one_line_error_and_exit_1(args, message, trained_run, tmp_path,
+                                                   capsys):
+    _, run = trained_run
+    files = {"RUN": run, "OUT": tmp_path / "out", "EMPTY": tmp_path / "empty.txt",
+             "BINARY": tmp_path / "b.dat", "LATIN1": tmp_path / "l.txt",
+             "SHORT": tmp_path / "s.txt", "NOTARUN": tmp_path}
+    files["EMPTY"].write_text("")
+    files["BINARY"].write_bytes(b"\x7fELF\0\0\1")
+    files["LATIN1"].write_bytes("abcé def\n".encode("latin-1"))
+    files["SHORT"].write_text("too short\n")
+    code = main([str(files.get(a, a)) for a in args])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert message in err
+    assert err.strip().splitlines()[-1].startswith("error: ")
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("args", [["generate", "RUN", "--length", "-3"],
+                                  ["train", "x", "--batch-size", "0"],
+                                  ["train", "x", "--seq-len", "-1"],
+                                  ["train", "x", "--units", "0"],
+                                  ["frobnicate"]])
+def test_usage_errors_exit_2(args, trained_run, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(trained_run[1]) if a == "RUN" else a for a in args])
+    assert exit_.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_damaged_checkpoint_and_config_are_reported(trained_run, tmp_path, capsys):
+    import shutil
+
+    _, run = trained_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "checkpoints" / "best.weights.h5").write_bytes(b"garbage")
+    assert main(["generate", str(copy), "--length", "5"]) == 1
+    assert "damaged" in capsys.readouterr().err
+    config = json.loads((copy / "config.json").read_text())
+    config["format_version"] = 99
+    (copy / "config.json").write_text(json.dumps(config))
+    assert main(["info", str(copy)]) == 1
+    assert "format 99" in capsys.readouterr().err
+
+
+def test_sigkill_mid_training_loses_at_most_one_checkpoint_interval(tmp_path, small_text):
+    out = tmp_path / "run"
+    args = ["train", small_text, "--out", out, "--units", "32", "--embedding-dim", "16",
+            "--batch-size", "8", "--seq-len", "32", "--epochs", "50", "--checkpoint-every",
+            "5", "--sample-length", "0", "-q"]
+    proc = subprocess.Popen([sys.executable, "-m", "lstmgen.cli", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints" / "last.weights.h5"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if last.is_file() and lstmgen.run.Run(out).has_checkpoint("last"):
+                from lstmgen.checkpoint import read_state
+
+                try:
+                    if read_state(last)["step"] >= 15:
+                        break
+                except lstmgen.LstmgenError:
+                    pass  # between os.replace and our read: try again
+            time.sleep(0.2)
+        else:
+            pytest.fail("training made no checkpoint in time")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = lstmgen.load(out, checkpoint="last").state
+    assert state["step"] >= 15 and state["step"] % 5 == 0
+    assert not list(out.rglob("*.tmp*")) or all(p.stat().st_size >= 0 for p in
+                                                 out.rglob("*.tmp*"))
+    result = run_cli("train", "--resume", out, "--max-steps", state["step"] + 5, "-q")
+    assert result.returncode == 0, result.stderr
+    assert lstmgen.load(out, checkpoint="last").state["step"] == state["step"] + 5
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, small_text):
+    out = tmp_path / "run"
+    args = ["train", small_text, "--out", out, "--units", "32", "--embedding-dim", "16",
+            "--batch-size", "8", "--seq-len", "32", "--epochs", "50", "--checkpoint-every",
+            "100000", "--sample-length", "0", "--eval-every", "3"]
+    proc = subprocess.Popen([sys.executable, "-m", "lstmgen.cli", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not (out / "metrics.csv").is_file():
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "--resume" in err
+    assert lstmgen.load(out, checkpoint="last").state["step"] >= 3
