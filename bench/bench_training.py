@@ -15,6 +15,7 @@ as 6 * (4*H*(E+H) + H*V) (forward + backward of the matrix products).
 
     python bench/bench_training.py            # H = 256, 512, 1024
     python bench/bench_training.py --quick    # H = 256, 512; fewer repeats
+    python bench/bench_training.py --quick --one-thread   # JAX and torch on one thread
 """
 
 from __future__ import annotations
@@ -126,8 +127,12 @@ def _torch():
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(_threads())
     return torch
+
+
+def _threads() -> int:
+    return int(os.environ.get("LSTMGEN_BENCH_THREADS", 0)) or os.cpu_count() or 1
 
 
 def main() -> None:
@@ -135,7 +140,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="H = 256, 512; 3 repeats")
     parser.add_argument("--units", type=int, nargs="+", default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--one-thread", action="store_true",
+                        help="JAX and torch on one thread each (steadier on a loaded machine)")
     args = parser.parse_args()
+    if args.one_thread:  # before JAX starts
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   " --xla_cpu_multi_thread_eigen=false"
+                                   " intra_op_parallelism_threads=1")
+        os.environ["LSTMGEN_BENCH_THREADS"] = "1"
     units_list = args.units or ([256, 512] if args.quick else [256, 512, 1024])
     repeats = args.repeats or (3 if args.quick else 5)
 
@@ -159,8 +171,9 @@ def main() -> None:
                       ("fused", lambda u=units: keras_step(u, fused=True))]
         if torch is not None:
             # Under load, two spinning OpenMP threads can be far slower than one: show both.
-            candidates += [("torch", lambda u=units: torch_step(u, os.cpu_count() or 1)),
-                           ("torch1", lambda u=units: torch_step(u, 1))]
+            candidates.append(("torch", lambda u=units: torch_step(u, _threads())))
+            if _threads() > 1:
+                candidates.append(("torch1", lambda u=units: torch_step(u, 1)))
         steps = {name: make() for name, make in candidates}
         for step in steps.values():  # compile / warm up
             step()
@@ -184,7 +197,7 @@ def main() -> None:
     for units, t in rows:
         parts = [f"fused/keras {t['keras'] / t['fused']:.2f}x"]
         if "torch" in t:
-            best = min(t["torch"], t["torch1"])
+            best = min(t["torch"], t.get("torch1", t["torch"]))
             parts += [f"keras/torch(best of 1 or all threads) {best / t['keras']:.2f}x",
                       f"fused/torch(best) {best / t['fused']:.2f}x"]
         print(f"  H={units}: " + ", ".join(parts))

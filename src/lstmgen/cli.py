@@ -280,7 +280,7 @@ def cmd_demo(args) -> None:
         None, out=args.out, overwrite=True,
         model=lstmgen.ModelConfig(embedding_dim=64, units=256, layers=1),
         batch_size=64, seq_len=128, learning_rate=3e-3, max_time=args.max_time,
-        epochs=100, eval_every=250, checkpoint_every=250, sample_length=0, val_tokens=100_000,
+        epochs=100, eval_every=100, checkpoint_every=250, sample_length=0, val_tokens=100_000,
     )
     for prime in ("def ", "class ", "import "):
         text = model.generate(prime, 400, temperature=0.6, seed=0)[0]
