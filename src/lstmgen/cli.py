@@ -11,6 +11,7 @@ import warnings
 EXAMPLES = {
     "train": """examples:
   lstmgen train books/ --out runs/books                 # a folder, recursively
+  lstmgen train books/ --out runs/books --processes 2   # data-parallel, 2 local processes
   lstmgen train 'corpus/*.txt.gz' --out runs/big --val held_out.txt --units 1024 --layers 2
   lstmgen train --resume runs/books --epochs 20         # continue exactly where it stopped
   lstmgen train new.txt --from runs/books --out runs/tuned   # fine-tune, same vocabulary
@@ -111,6 +112,18 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="write TensorBoard logs to RUN/logs")
     t.add_argument("--encoding-errors", choices=("strict", "replace", "ignore"),
                    help="what to do with invalid UTF-8 (strict: stop with an error)")
+    d = p.add_argument_group("data-parallel training (see README: Scaling out)")
+    d.add_argument("--devices", type=_positive_int, default=None,
+                   help="local devices per process (on CPU, the host is split into N)")
+    d.add_argument("--processes", type=_positive_int, default=None,
+                   help="launch P local processes joined by a coordinator on 127.0.0.1")
+    d.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="address of process 0 (multi-process / multi-host; env "
+                   "LSTMGEN_COORDINATOR)")
+    d.add_argument("--num-processes", type=_positive_int, default=None,
+                   help="processes in the job (env LSTMGEN_NUM_PROCESSES)")
+    d.add_argument("--process-id", type=_nonneg_int, default=None,
+                   help="this process's index, 0 = chief (env LSTMGEN_PROCESS_ID)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,8 +189,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------------------
+def _strip_option(argv: list[str], option: str) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
 def cmd_train(args) -> None:
     import lstmgen
+    from lstmgen.distributed import DistributedConfig, launch_local
+
+    if args.processes and args.processes > 1:
+        if args.coordinator or args.num_processes or args.process_id is not None:
+            raise lstmgen.LstmgenError("--processes launches its own processes",
+                                       hint="drop --coordinator/--num-processes/--process-id")
+        code = launch_local(_strip_option(args.argv, "--processes"), args.processes)
+        if code:
+            raise SystemExit(1 if code < 0 else code)
+        return
+    distributed = DistributedConfig(devices=args.devices, coordinator=args.coordinator,
+                                    num_processes=args.num_processes,
+                                    process_id=args.process_id)
 
     model_overrides = {k: getattr(args, k) for k in MODEL_ARGS if getattr(args, k) is not None}
     train_overrides = {k: getattr(args, k) for k in TRAIN_ARGS if getattr(args, k) is not None}
@@ -188,7 +226,8 @@ def cmd_train(args) -> None:
                 "--resume continues a run as it was set up",
                 hint="drop the corpus/model/tokenizer arguments, or start a new run",
             )
-        lstmgen.train(out=args.resume, resume=True, verbose=verbose, **train_overrides)
+        lstmgen.train(out=args.resume, resume=True, verbose=verbose, distributed=distributed,
+                      **train_overrides)
         return
     tokenizer_options = {"vocab_size": args.vocab_size} if args.vocab_size else None
     lstmgen.train(
@@ -201,6 +240,7 @@ def cmd_train(args) -> None:
         init_from=args.init_from,
         overwrite=args.overwrite,
         verbose=verbose,
+        distributed=distributed,
         **train_overrides,
     )
 
@@ -303,7 +343,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.showwarning = _show_warning
     from lstmgen.errors import LstmgenError

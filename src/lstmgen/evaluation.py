@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from lstmgen.distributed import local
+
 
 @dataclass
 class Evaluation:
@@ -73,8 +75,8 @@ class Evaluator:
         """Evaluate ``tokens`` (first ``max_tokens`` when given); ``chars`` is the character
         count of the evaluated text, for bits per character (defaults to the token count)."""
         model = self.lm.training_model
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
+        trainable = [local(v.value) for v in model.trainable_variables]
+        non_trainable = [local(v.value) for v in model.non_trainable_variables]
         n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
         T, B = self.seq_len, self.batch_size
         n_windows = max(0, math.ceil((n - 1) / T))

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from lstmgen.distributed import local
 from lstmgen.errors import LstmgenError
 from lstmgen.sampling import Sampling, filter_logits
 
@@ -82,8 +83,8 @@ class Generator:
     def _weights(self):
         model = self.lm.step_model
         return (
-            [v.value for v in model.trainable_variables],
-            [v.value for v in model.non_trainable_variables],
+            [local(v.value) for v in model.trainable_variables],
+            [local(v.value) for v in model.non_trainable_variables],
         )
 
     def encode_prime(self, prime: str) -> np.ndarray:

@@ -14,6 +14,7 @@ import io
 import math
 import os
 import signal
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
@@ -25,6 +26,8 @@ from lstmgen import atomic
 from lstmgen.checkpoint import load_checkpoint, save_checkpoint
 from lstmgen.corpus import default_corpus
 from lstmgen.dataset import EncodedCorpus, WindowDataset, WindowOrder, encode_corpus
+from lstmgen.distributed import Cluster, DistributedConfig
+from lstmgen.distributed import setup as distributed_setup
 from lstmgen.errors import LstmgenError
 from lstmgen.model import LanguageModel, ModelConfig
 from lstmgen.run import Run, TrainedModel
@@ -143,6 +146,7 @@ def train(
     overwrite: bool = False,
     verbose: int = 1,
     callbacks: list | None = None,
+    distributed: DistributedConfig | None = None,
     **overrides,
 ) -> TrainedModel:
     """Train a language model and return it, loaded from its best checkpoint.
@@ -153,7 +157,8 @@ def train(
     ``resume=True`` training continues in ``out`` exactly where its last checkpoint left off;
     ``init_from`` starts from another run's weights and vocabulary (fine-tuning).
     Keyword ``overrides`` set :class:`TrainConfig` fields (``epochs=3``); ``callbacks`` are
-    extra Keras callbacks passed to ``fit``.
+    extra Keras callbacks passed to ``fit``; ``distributed`` spreads training over devices,
+    processes and hosts (see :mod:`lstmgen.distributed`).
 
     Example:
         >>> import lstmgen
@@ -166,18 +171,54 @@ def train(
         except TypeError as e:
             raise LstmgenError(f"unknown training setting: {e}",
                                hint="see lstmgen.TrainConfig for the settings") from None
+    cluster = distributed_setup(distributed)
     if resume:
-        return _resume(out, config, overrides, verbose, callbacks)
+        return _resume(out, config, overrides, verbose, callbacks, cluster)
     config = (config or TrainConfig()).validate()
     run_path = Path(out)
+    failure = None
+    if cluster.is_chief:  # one process encodes and writes the run folder; the rest read it
+        try:
+            _prepare_run(corpus, run_path, model, config, tokenizer, tokenizer_options, val,
+                         init_from, overwrite, verbose)
+        except LstmgenError as e:
+            failure = e
+    if cluster.any(failure is not None):
+        raise failure or LstmgenError("process 0 could not prepare the run",
+                                      hint="see the output of process 0")
+    run = Run.open(run_path)
+    tokenizer = run.tokenizer
+    data = EncodedCorpus.open(run.data_dir)
+    config = TrainConfig.from_dict(run.config["train"])
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    lm = LanguageModel(run.model_config, tokenizer.vocab_size)
+    if init_from:
+        base = TrainedModel(Run.open(init_from), "best")
+        lm.training_model.set_weights(base.lm.training_model.get_weights())
+    if verbose and cluster.is_chief:
+        print(f"{run_path}: {tokenizer.kind} tokenizer, vocabulary {tokenizer.vocab_size}, "
+              f"{data.meta.n_train:,} training and {data.meta.n_val:,} validation tokens, "
+              f"{lm.count_params():,} parameters"
+              + (f", {cluster.num_devices} devices in {cluster.num_processes} process(es)"
+                 if cluster.num_devices > 1 else ""), flush=True)
+    trainer = Trainer(run, lm, tokenizer, data, config, TrainingState(), verbose, callbacks,
+                      cluster)
+    return trainer.fit()
+
+
+def _prepare_run(corpus, run_path: Path, model, config: TrainConfig, tokenizer,
+                 tokenizer_options, val, init_from, overwrite, verbose) -> None:
+    """Encode the corpus and write the run folder's config and tokenizer."""
     if (run_path / "config.json").exists() and not overwrite:
         raise LstmgenError(f"{run_path} already holds a run",
                            hint="resume it with --resume, or choose another --out")
     if corpus is None:
         corpus = default_corpus()
         config = replace(config, encoding_errors="replace")
-    base = TrainedModel(Run.open(init_from), "best") if init_from else None
-    model = base.lm.config if base else (model or ModelConfig()).validate()
+    base = Run.open(init_from) if init_from else None
+    model = base.model_config if base else (model or ModelConfig()).validate()
     fitted, data = encode_corpus(
         corpus,
         run_path / "data",
@@ -207,20 +248,9 @@ def train(
     for stale in (run.metrics_path, run.samples_path, run.checkpoint_path("last"),
                   run.checkpoint_path("best")):
         stale.unlink(missing_ok=True)
-    import keras
-
-    keras.utils.set_random_seed(config.seed)
-    lm = LanguageModel(model, fitted.vocab_size)
-    if base:
-        lm.training_model.set_weights(base.lm.training_model.get_weights())
-    if verbose:
-        print(f"{run_path}: {fitted.kind} tokenizer, vocabulary {fitted.vocab_size}, "
-              f"{data.meta.n_train:,} training and {data.meta.n_val:,} validation tokens, "
-              f"{lm.count_params():,} parameters", flush=True)
-    return Trainer(run, lm, fitted, data, config, TrainingState(), verbose, callbacks).fit()
 
 
-def _resume(out, config, overrides, verbose, callbacks) -> TrainedModel:
+def _resume(out, config, overrides, verbose, callbacks, cluster) -> TrainedModel:
     run = Run.open(out)
     saved = TrainConfig.from_dict(run.config.get("train", {}))
     changes = {k: v for k, v in (overrides or {}).items() if k in RESUMABLE_OVERRIDES}
@@ -232,17 +262,20 @@ def _resume(out, config, overrides, verbose, callbacks) -> TrainedModel:
     tokenizer = run.tokenizer
     data = EncodedCorpus.open(run.data_dir)
     lm = LanguageModel(run.model_config, tokenizer.vocab_size)
-    trainer = Trainer(run, lm, tokenizer, data, config, TrainingState(), verbose, callbacks)
+    trainer = Trainer(run, lm, tokenizer, data, config, TrainingState(), verbose, callbacks,
+                      cluster)
     if run.has_checkpoint("last"):
         state = TrainingState.from_dict(load_checkpoint(lm.training_model,
                                                         run.checkpoint_path("last")))
         trainer.state = replace(state, finished=False, stop_reason=None)
-        trainer.truncate_metrics()
-        if verbose:
+        if verbose and cluster.is_chief:
             print(f"resuming {run.path} at step {state.step} (epoch {state.epoch + 1}, "
                   f"batch {state.batch})", flush=True)
-    run.write_config(model=lm.config, train=config.to_dict(), tokenizer=tokenizer.kind,
-                     corpus=run.config.get("corpus", {}))
+    cluster.barrier("lstmgen-resume-loaded")  # everyone has read the files before any write
+    if cluster.is_chief:
+        trainer.truncate_metrics()
+        run.write_config(model=lm.config, train=config.to_dict(), tokenizer=tokenizer.kind,
+                         corpus=run.config.get("corpus", {}))
     return trainer.fit()
 
 
@@ -269,19 +302,23 @@ class Trainer:
 
     def __init__(self, run: Run, lm: LanguageModel, tokenizer, data: EncodedCorpus,
                  config: TrainConfig, state: TrainingState, verbose: int = 1,
-                 callbacks: list | None = None):
+                 callbacks: list | None = None, cluster: Cluster | None = None):
         from lstmgen.evaluation import Evaluator
 
         self.run, self.lm, self.tokenizer, self.data = run, lm, tokenizer, data
-        self.config, self.state, self.verbose = config, state, verbose
+        self.cluster = cluster or Cluster()
+        self.writes = self.cluster.is_chief  # only process 0 writes files and prints
+        self.config, self.state = config, state
+        self.verbose = verbose if self.writes else 0
         self.order = WindowOrder(data.meta.n_train, config.seq_len, config.batch_size,
                                  config.seed)
         self.evaluator = Evaluator(lm, seq_len=config.seq_len)
         self.generator = None
         self.user_callbacks = list(callbacks or [])
         self._last_eval_step = None
+        self._stop_agreed = False
         self.tensorboard = None
-        if config.tensorboard:
+        if config.tensorboard and self.writes:
             from lstmgen.tensorboard import TensorBoardLogger
 
             self.tensorboard = TensorBoardLogger(run.logs_dir)
@@ -328,11 +365,11 @@ class Trainer:
             if _main_thread() else None
         self._clock = time.monotonic() - s.elapsed
         try:
-            while s.epoch < c.epochs and not self._should_stop():
+            while s.epoch < c.epochs and not self._agreed_stop():
                 dataset = WindowDataset(
                     self.data.train, seq_len=c.seq_len, batch_size=c.batch_size,
                     seed=c.seed, epoch=s.epoch, first_batch=s.batch,
-                    num_batches=self._batches_this_epoch(),
+                    num_batches=self._batches_this_epoch(), shard=self.cluster.shard,
                 )
                 if self.verbose:
                     print(f"epoch {s.epoch + 1}/{c.epochs}", flush=True)
@@ -341,10 +378,11 @@ class Trainer:
                     self.lm.training_model.fit(dataset, epochs=1, verbose=self.verbose,
                                                shuffle=False,
                                                callbacks=callbacks)
-                if self.interrupted or self._should_stop():
+                if self._stop_agreed:
                     break
                 s.epoch, s.batch = s.epoch + 1, 0
                 self.end_of_epoch()
+            self.interrupted = self.cluster.any(self.interrupted)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -364,6 +402,7 @@ class Trainer:
             print(f"done: {s.stop_reason} at step {s.step}; best validation loss "
                   f"{_fmt(s.best_val_loss)} nats/token, {_fmt(s.best_val_bpc)} bits/char "
                   f"(step {s.best_step}). Run folder: {self.run.path}", flush=True)
+        self.cluster.barrier("lstmgen-done")  # the chief's files are complete for everyone
         return TrainedModel(self.run, "best")
 
     def _batches_this_epoch(self) -> int:
@@ -414,7 +453,12 @@ class Trainer:
             self.evaluate_and_record()
         if checkpoint:
             self.save("last")
-        return self.interrupted or self._should_stop()
+        return self._agreed_stop()
+
+    def _agreed_stop(self) -> bool:
+        """Every process must stop at the same step: they agree with a tiny collective."""
+        self._stop_agreed = self.cluster.any(self.interrupted or self._should_stop())
+        return self._stop_agreed
 
     def end_of_epoch(self) -> None:
         self.evaluate_and_record()
@@ -456,7 +500,7 @@ class Trainer:
 
     def print_sample(self) -> None:
         length = self.config.sample_length
-        if not length:
+        if not length or not self.writes:
             return
         if self.generator is None:
             from lstmgen.generation import Generator
@@ -465,6 +509,8 @@ class Trainer:
         text = self.generator.generate("", length, temperature=0.8,
                                        seed=self.config.seed + self.state.step)[0]
         block = f"--- sample at step {self.state.step} ---\n{text}\n"
+        if not self.writes:
+            return
         with open(self.run.samples_path, "a", encoding="utf-8") as f:
             f.write(block)
         if self.verbose:
@@ -473,8 +519,15 @@ class Trainer:
     # -- files ------------------------------------------------------------------------------
     def save(self, which: str) -> None:
         self.state.elapsed = self.elapsed() if hasattr(self, "_clock") else self.state.elapsed
-        save_checkpoint(self.lm.training_model, self.run.checkpoint_path(which),
-                        asdict(self.state))
+        if self.writes:
+            save_checkpoint(self.lm.training_model, self.run.checkpoint_path(which),
+                            asdict(self.state))
+            return
+        # Reading distributed variables is a collective step: every process takes part, and
+        # only the chief keeps the file.
+        with tempfile.TemporaryDirectory() as scratch:
+            save_checkpoint(self.lm.training_model, Path(scratch) / "x.weights.h5",
+                            asdict(self.state))
 
     def read_metrics(self) -> list[dict]:
         if not self.run.metrics_path.is_file():
@@ -483,6 +536,8 @@ class Trainer:
             return list(csv.DictReader(f))
 
     def append_metrics(self, row: dict) -> None:
+        if not self.writes:
+            return
         rows = self.read_metrics() + [row]
         self._write_metrics(rows)
 
@@ -501,6 +556,8 @@ class Trainer:
         atomic.write_text(self.run.metrics_path, buffer.getvalue())
 
     def plot(self) -> None:
+        if not self.writes:
+            return
         from lstmgen.plotting import plot_metrics
 
         plot_metrics(self.read_metrics(), self.run.plot_path)

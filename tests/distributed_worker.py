@@ -1,0 +1,43 @@
+"""One process of a data-parallel test run (started by test_distributed.py).
+
+Usage: python distributed_worker.py CORPUS OUT DUMP DEVICES [COORDINATOR NUM_PROCESSES ID]
+Trains a tiny model, then writes this process's final weights and the window starts it read.
+"""
+
+import sys
+
+import numpy as np
+
+
+def main() -> None:
+    corpus, out, dump, devices = sys.argv[1:5]
+    coordinator, num_processes, process_id = (sys.argv[5:8] + [None] * 3)[:3]
+    import lstmgen
+    from lstmgen.dataset import WindowDataset
+    from lstmgen.distributed import DistributedConfig
+
+    seen = {}  # (epoch, batch) -> window starts; Keras reads batch 0 twice to learn shapes
+    original = WindowDataset.__getitem__
+
+    def recording(self, index):
+        x, y = original(self, index)
+        batch = self.first_batch + index
+        seen[self.epoch, batch] = self.order.starts(self.epoch, batch)[self.rows].tolist()
+        return x, y
+
+    WindowDataset.__getitem__ = recording
+    distributed = DistributedConfig(
+        devices=int(devices), coordinator=coordinator,
+        num_processes=int(num_processes) if num_processes else None,
+        process_id=int(process_id) if process_id else None)
+    model = lstmgen.train(corpus, out=out, model=lstmgen.ModelConfig(units=16, embedding_dim=8),
+                          batch_size=8, seq_len=16, max_steps=12, eval_every=6,
+                          checkpoint_every=4, sample_length=0, seed=3, verbose=0,
+                          distributed=distributed)
+    weights = model.lm.training_model.get_weights()
+    np.savez(dump, weights=np.concatenate([np.asarray(w).ravel() for w in weights]),
+             seen=np.asarray([s for starts in seen.values() for s in starts]))
+
+
+if __name__ == "__main__":
+    main()
