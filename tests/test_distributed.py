@@ -62,3 +62,16 @@ def test_configuration_errors(monkeypatch):
     config = DistributedConfig().with_environment().validate()
     assert (config.num_processes, config.process_id, config.coordinator) == (4, 3, "node0:4000")
     assert not config.is_chief
+
+
+def test_cli_launches_local_processes(tmp_path, small_text):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "lstmgen.cli", "train", str(small_text), "--out", str(out),
+         "--processes", "2", "--units", "16", "--embedding-dim", "8", "--batch-size", "8",
+         "--seq-len", "16", "--max-steps", "4", "--sample-length", "10"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 devices in 2 process(es)" in result.stdout
+    assert lstmgen.load(out, checkpoint="last").state["step"] == 4
+    assert (out / "samples.txt").read_text().count("--- sample") == 1  # written once
