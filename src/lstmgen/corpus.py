@@ -108,6 +108,28 @@ def _read_blocks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
             yield block
 
 
+class _NewlineNormalizer:
+    """Turns ``\r\n`` and lone ``\r`` into ``\n`` across chunk boundaries: a chunk ending
+    in ``\r`` waits to see whether the next one starts with ``\n``."""
+
+    def __init__(self):
+        self.pending_cr = False
+
+    def feed(self, text: str) -> str:
+        if self.pending_cr:
+            text = "\r" + text
+        self.pending_cr = text.endswith("\r")
+        if self.pending_cr:
+            text = text[:-1]
+        if "\r" in text:  # one fast scan; two replace() calls cost ~10x more
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        return text
+
+    def flush(self) -> str:
+        pending, self.pending_cr = self.pending_cr, False
+        return "\n" if pending else ""
+
+
 class BinaryFileError(LstmgenError):
     """A file that holds NUL bytes, so it is not text."""
 
@@ -123,7 +145,7 @@ def iter_file_text(
     decoder = codecs.getincrementaldecoder("utf-8")(errors=encoding_errors)
     offset = 0
     first = True
-    pending_cr = False
+    newlines = _NewlineNormalizer() if normalize_newlines else None
     for block in _read_blocks(path, chunk_bytes):
         nul = block.find(b"\0")
         if nul >= 0:
@@ -143,14 +165,8 @@ def iter_file_text(
         if first:
             text = text.removeprefix("\ufeff")
             first = False
-        if normalize_newlines:
-            if pending_cr:
-                text = "\r" + text
-            pending_cr = text.endswith("\r")
-            if pending_cr:
-                text = text[:-1]
-            if "\r" in text:  # one fast scan; two replace() calls cost ~10x more
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if newlines:
+            text = newlines.feed(text)
         if text:
             yield text
     try:
@@ -161,8 +177,8 @@ def iter_file_text(
             f"{path} ends inside a UTF-8 character (byte offset {offset - buffered})",
             hint="the file is truncated; convert or repair it, or pass --encoding-errors replace",
         ) from None
-    if pending_cr:
-        tail = "\n" + tail
+    if newlines:
+        tail = newlines.flush() + tail
     if tail:
         yield tail
 
@@ -232,7 +248,7 @@ def _iter_strings(strings: Iterable[str], normalize_newlines: bool) -> Iterator[
             f"cannot read a corpus from a {type(strings).__name__}",
             hint="pass a path, a list of paths, or an iterable of strings",
         ) from None
-    pending_cr = False
+    newlines = _NewlineNormalizer() if normalize_newlines else None
     for text in iterator:
         if isinstance(text, bytes):
             raise LstmgenError(
@@ -243,17 +259,11 @@ def _iter_strings(strings: Iterable[str], normalize_newlines: bool) -> Iterator[
                 f"the corpus iterable yielded a {type(text).__name__}",
                 hint="yield str chunks of text",
             )
-        if normalize_newlines:
-            if pending_cr:
-                text = "\r" + text
-            pending_cr = text.endswith("\r")
-            if pending_cr:
-                text = text[:-1]
-            if "\r" in text:  # one fast scan; two replace() calls cost ~10x more
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if newlines:
+            text = newlines.feed(text)
         if text:
             yield text
-    if pending_cr:
+    if newlines and newlines.flush():
         yield "\n"
 
 
