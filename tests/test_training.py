@@ -134,6 +134,7 @@ def test_early_stopping_best_vs_last_and_tensorboard(tmp_path, small_text):
     # stops improving, early stopping ends the run, and `best` stays the early checkpoint.
     model = lstmgen.train(small_text, out=tmp_path / "r", model=TINY, batch_size=8, seq_len=32,
                           learning_rate=3.0, clipnorm=100.0, eval_every=4, early_stopping=2,
+                          schedule="constant",
                           epochs=50, sample_length=0, tensorboard=True, verbose=0)
     last = lstmgen.load(tmp_path / "r", checkpoint="last").state
     assert last["stop_reason"].startswith("early stopping")

@@ -78,7 +78,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model (fixed once a run starts)")
     m.add_argument("--embedding-dim", type=_positive_int, help="embedding size (64)")
-    m.add_argument("--units", type=_positive_int, help="units per recurrent layer (512)")
+    m.add_argument("--units", type=_positive_int, help="units per recurrent layer (256)")
     m.add_argument("--layers", type=_positive_int, help="recurrent layers (1)")
     m.add_argument("--dropout", type=float, help="dropout between layers (0)")
     m.add_argument("--cell", choices=("lstm", "gru"), help="recurrent cell (lstm)")
@@ -87,15 +87,15 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="token unit (char)")
     t.add_argument("--vocab-size", type=_positive_int, default=None,
                    help="vocabulary cap for word/bpe tokenizers")
-    t.add_argument("--batch-size", type=_positive_int, help="sequences per step (64)")
-    t.add_argument("--seq-len", type=_positive_int, help="tokens per sequence (128)")
-    t.add_argument("--learning-rate", type=float, help="Adam learning rate (3e-3)")
+    t.add_argument("--batch-size", type=_positive_int, help="sequences per step (32)")
+    t.add_argument("--seq-len", type=_positive_int, help="tokens per sequence (64)")
+    t.add_argument("--learning-rate", type=float, help="Adam learning rate (4e-3)")
     t.add_argument("--clipnorm", type=float, help="gradient norm clip (5)")
     t.add_argument("--epochs", type=_positive_int, help="passes over the training text (10)")
     t.add_argument("--max-steps", type=_positive_int, help="stop after this many steps")
     t.add_argument("--max-time", type=float, help="stop cleanly after this many seconds")
-    t.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule")
-    t.add_argument("--warmup-steps", type=_nonneg_int, help="linear warm-up (cosine)")
+    t.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule (cosine)")
+    t.add_argument("--warmup-steps", type=_nonneg_int, help="linear warm-up steps of the cosine schedule (100)")
     t.add_argument("--val", nargs="+", default=None, metavar="PATH",
                    help="validation corpus (default: the last --val-fraction of the text)")
     t.add_argument("--val-fraction", type=float, help="held-out share of the text (0.05)")
@@ -319,7 +319,8 @@ def cmd_demo(args) -> None:
     model = lstmgen.train(
         None, out=args.out, overwrite=True,
         model=lstmgen.ModelConfig(embedding_dim=64, units=256, layers=1),
-        batch_size=64, seq_len=128, learning_rate=3e-3, max_time=args.max_time,
+        batch_size=32, seq_len=64, learning_rate=4e-3, schedule="constant",
+        max_time=args.max_time,
         epochs=100, eval_every=100, checkpoint_every=250, sample_length=0, val_tokens=100_000,
     )
     for prime in ("def ", "class ", "import "):

@@ -25,7 +25,7 @@ class ModelConfig:
     """
 
     embedding_dim: int = 64
-    units: int = 512
+    units: int = 256
     layers: int = 1
     dropout: float = 0.0
     cell: str = "lstm"
