@@ -7,7 +7,7 @@ cosine schedule ends with the time budget (``max_time`` is the hard stop), train
 For orientation, nanoGPT's CPU baby-GPT reaches 1.89 at 2 min and ~1.59 at 8.3 min; the
 issue's targets are <= 1.50 at 10 min and <= 1.45 at 30 min.
 
-    python bench/bench_quality.py                      # 9-minute budget, the default config
+    python bench/bench_quality.py                      # 8 minutes, the best config measured
     python bench/bench_quality.py --budget 1800        # the 30-minute target
     python bench/bench_quality.py --quick              # 90 s, a smoke run
     python bench/bench_quality.py --units 1024 --fused # other configs; --help for all
@@ -71,16 +71,18 @@ def loss_at(curve: list[tuple[float, float]], seconds: float) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", type=float, default=540.0, help="seconds of training")
+    parser.add_argument("--budget", type=float, default=480.0, help="seconds of training")
     parser.add_argument("--quick", action="store_true", help="a 90-second smoke run")
-    parser.add_argument("--units", type=int, default=512)
+    parser.add_argument("--units", type=int, default=256)
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--embedding-dim", type=int, default=64)
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--evals", type=int, default=18, help="evaluations over the budget")
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--learning-rate", type=float, default=4e-3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="length of the cosine schedule (default: from a measured rate)")
+    parser.add_argument("--evals", type=int, default=8, help="evaluations over the budget")
     parser.add_argument("--fused", action="store_true",
                         help="use lstmgen.layers.FusedLSTM (same weights, faster on CPU)")
     args = parser.parse_args()
@@ -101,7 +103,7 @@ def main() -> None:
                                 vocab=len(set(text)))
         # Evaluations and compilation take time too; aim the schedule at 90% of the steps
         # the raw rate allows (max_time stops it in any case).
-        max_steps = max(10, int(0.9 * budget * rate))
+        max_steps = args.max_steps or max(10, int(0.9 * budget * rate))
         eval_every = max(5, max_steps // args.evals)
         config = dict(batch_size=args.batch_size, seq_len=args.seq_len,
                       learning_rate=args.learning_rate, schedule="cosine",
