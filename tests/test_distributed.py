@@ -75,3 +75,8 @@ def test_cli_launches_local_processes(tmp_path, small_text):
     assert "2 devices in 2 process(es)" in result.stdout
     assert lstmgen.load(out, checkpoint="last").state["step"] == 4
     assert (out / "samples.txt").read_text().count("--- sample") == 1  # written once
+    resumed = subprocess.run(
+        [sys.executable, "-m", "lstmgen.cli", "train", "--resume", str(out), "--processes", "2",
+         "--max-steps", "7", "-q"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert lstmgen.load(out, checkpoint="last").state["step"] == 7

@@ -94,8 +94,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--epochs", type=_positive_int, help="passes over the training text (10)")
     t.add_argument("--max-steps", type=_positive_int, help="stop after this many steps")
     t.add_argument("--max-time", type=float, help="stop cleanly after this many seconds")
-    t.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule (cosine)")
-    t.add_argument("--warmup-steps", type=_nonneg_int, help="linear warm-up steps of the cosine schedule (100)")
+    t.add_argument("--schedule", choices=("constant", "cosine"),
+                   help="learning-rate schedule (cosine)")
+    t.add_argument("--warmup-steps", type=_nonneg_int,
+                   help="linear warm-up steps of the cosine schedule (100)")
     t.add_argument("--val", nargs="+", default=None, metavar="PATH",
                    help="validation corpus (default: the last --val-fraction of the text)")
     t.add_argument("--val-fraction", type=float, help="held-out share of the text (0.05)")
@@ -338,6 +340,22 @@ COMMANDS = {"train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evalua
             "info": cmd_info, "demo": cmd_demo, "serve": cmd_serve}
 
 
+def _enable_compilation_cache() -> None:
+    """Keep compiled XLA programs between runs (``LSTMGEN_CACHE_DIR``; ``0`` turns it off),
+    so a second ``lstmgen generate`` starts streaming in about half the time."""
+    path = os.environ.get("LSTMGEN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lstmgen", "jax")
+    if path == "0" or os.environ.get("KERAS_BACKEND", "jax") != "jax":
+        return
+    try:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    except Exception:  # a cache is an optimisation: never fail a command over it
+        pass
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
@@ -349,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.showwarning = _show_warning
-    from lstmgen.errors import LstmgenError
-    from lstmgen.training import Interrupted
+    from lstmgen.errors import Interrupted, LstmgenError
 
+    _enable_compilation_cache()
     try:
         COMMANDS[args.command](args)
     except Interrupted as e:

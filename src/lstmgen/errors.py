@@ -17,3 +17,7 @@ class LstmgenError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(f"{message} ({hint})" if hint else message)
+
+
+class Interrupted(LstmgenError):
+    """Training stopped by Ctrl-C after saving a checkpoint."""

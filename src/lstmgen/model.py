@@ -1,9 +1,8 @@
 """The model: ``Embedding -> (LSTM | GRU) x layers -> Dense(vocab)``, built from a dataclass.
 
-Two Keras models share one set of layers: the *training* model maps a batch of token windows
-to next-token logits at every position; the *step* model takes one token and the recurrent
-state of every layer and returns logits and the new state, so generation costs one step per
-token.
+The Keras *training* model maps a batch of token windows to next-token logits at every
+position. Generation (:mod:`lstmgen.generation`) reads the same layers' weights and runs one
+cell step per token with the recurrent state carried.
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ class ModelConfig:
 
 
 class LanguageModel:
-    """The layers of one model and the two Keras models over them.
+    """The layers of one model and the Keras training model over them.
 
     Example:
         >>> lm = LanguageModel(ModelConfig(units=32, embedding_dim=8), vocab_size=20)
@@ -63,45 +62,36 @@ class LanguageModel:
         (None, None, 20)
     """
 
-    def __init__(self, config: ModelConfig, vocab_size: int):
+    def __init__(self, config: ModelConfig, vocab_size: int, initialize: bool = True):
         import keras
 
         self.config = config.validate()
         self.vocab_size = vocab_size
-        self.embedding = keras.layers.Embedding(vocab_size, config.embedding_dim,
-                                                name="embedding")
+        # Weights about to be loaded need no random (orthogonal: a QR) initialisation.
+        init = {} if initialize else {"kernel_initializer": "zeros"}
+        rnn_init = {} if initialize else {"kernel_initializer": "zeros",
+                                          "recurrent_initializer": "zeros"}
+        self.embedding = keras.layers.Embedding(
+            vocab_size, config.embedding_dim, name="embedding",
+            **({} if initialize else {"embeddings_initializer": "zeros"}))
         rnn = keras.layers.LSTM if config.cell == "lstm" else keras.layers.GRU
         self.rnns = [
             rnn(config.units, return_sequences=True, return_state=True,
-                dropout=config.dropout if i > 0 else 0.0, name=f"{config.cell}_{i}")
+                dropout=config.dropout if i > 0 else 0.0, name=f"{config.cell}_{i}",
+                **rnn_init)
             for i in range(config.layers)
         ]
         self.output_dropout = keras.layers.Dropout(config.dropout, name="output_dropout")
-        self.head = keras.layers.Dense(vocab_size, name="logits")
+        self.head = keras.layers.Dense(vocab_size, name="logits", **init)
 
         tokens = keras.Input((None,), dtype="int32", name="tokens")
-        logits, _ = self._apply(tokens, None)
-        self.training_model = keras.Model(tokens, logits, name="lstmgen")
+        self.training_model = keras.Model(tokens, self._apply(tokens), name="lstmgen")
 
-        step_tokens = keras.Input((1,), dtype="int32", name="token")
-        states = [
-            keras.Input((config.units,), name=f"state_{i}_{j}")
-            for i in range(config.layers)
-            for j in range(config.states_per_layer)
-        ]
-        step_logits, new_states = self._apply(step_tokens, states)
-        self.step_model = keras.Model([step_tokens, *states], [step_logits, *new_states],
-                                      name="lstmgen_step")
-
-    def _apply(self, tokens, states):
+    def _apply(self, tokens):
         x = self.embedding(tokens)
-        new_states = []
-        per = self.config.states_per_layer
-        for i, rnn in enumerate(self.rnns):
-            initial = None if states is None else states[i * per : (i + 1) * per]
-            x, *layer_states = rnn(x, initial_state=initial)
-            new_states.extend(layer_states)
-        return self.head(self.output_dropout(x)), new_states
+        for rnn in self.rnns:
+            x, *_ = rnn(x)
+        return self.head(self.output_dropout(x))
 
     @property
     def num_states(self) -> int:

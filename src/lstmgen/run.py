@@ -135,7 +135,7 @@ class Run:
         if not path.is_file():
             raise LstmgenError(f"{self.path} has no trained weights yet",
                                hint="train it first (or resume: lstmgen train --resume RUN)")
-        lm = LanguageModel(self.model_config, tokenizer.vocab_size)
+        lm = LanguageModel(self.model_config, tokenizer.vocab_size, initialize=False)
         state = load_checkpoint(lm.training_model, path)
         return lm, state
 

@@ -51,7 +51,8 @@ class Sampling:
 
 def filter_logits(logits, temperature, top_k: int, top_p):
     """Scale ``logits`` (batch, vocab) by the temperature and mask all but the top-k tokens
-    and the smallest set whose probability reaches ``top_p``. ``top_k`` is static."""
+    and the smallest set whose probability reaches ``top_p``. ``top_k`` is static; a
+    ``top_p`` of ``None`` skips the (sorting) nucleus filter."""
     from keras import ops
 
     neg_inf = ops.full_like(logits, -1e30)
@@ -59,6 +60,8 @@ def filter_logits(logits, temperature, top_k: int, top_p):
     if top_k:
         kth = ops.top_k(logits, top_k)[0][:, -1:]
         logits = ops.where(logits < kth, neg_inf, logits)
+    if top_p is None:
+        return logits
     ordered = ops.flip(ops.sort(logits, axis=-1), axis=-1)
     probs = ops.softmax(ordered, axis=-1)
     before = ops.cumsum(probs, axis=-1) - probs

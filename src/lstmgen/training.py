@@ -28,7 +28,7 @@ from lstmgen.corpus import default_corpus
 from lstmgen.dataset import EncodedCorpus, WindowDataset, WindowOrder, encode_corpus
 from lstmgen.distributed import Cluster, DistributedConfig
 from lstmgen.distributed import setup as distributed_setup
-from lstmgen.errors import LstmgenError
+from lstmgen.errors import Interrupted, LstmgenError
 from lstmgen.model import LanguageModel, ModelConfig
 from lstmgen.run import Run, TrainedModel
 
@@ -127,10 +127,6 @@ class TrainingState:
     def from_dict(cls, data: dict) -> TrainingState:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-class Interrupted(LstmgenError):
-    """Training stopped by Ctrl-C after saving a checkpoint."""
 
 
 # ----------------------------------------------------------------------------------------
