@@ -110,3 +110,14 @@ def test_shards_split_each_global_batch():
                            shard=(i, 2)) for i in range(2)]
     joined = np.concatenate([parts[0][3][0], parts[1][3][0]])
     assert (joined == whole[3][0]).all()
+
+
+def test_reader_windows_equal_memory_map_windows(tmp_path, small_text):
+    _, enc = encode_corpus(small_text, tmp_path, verbose=False)
+    args = dict(seq_len=32, batch_size=8, seed=4, epoch=1)
+    mapped = WindowDataset(enc.train, **args)
+    read = WindowDataset(enc.train_reader(), **args)
+    assert len(mapped) == len(read) > 10
+    for i in (0, 5, len(read) - 1):
+        for a, b in zip(mapped[i], read[i]):
+            np.testing.assert_array_equal(a, b)

@@ -86,6 +86,10 @@ class EncodedCorpus:
     def train(self) -> np.ndarray:
         return self._memmap()[: self.meta.n_train]
 
+    def train_reader(self) -> TokenReader:
+        """The training split for :class:`WindowDataset`, read with ``pread``."""
+        return TokenReader(self.directory / TOKENS_FILE, self.meta.dtype, self.meta.n_train)
+
     @property
     def val(self) -> np.ndarray:
         return self._memmap()[self.meta.n_train :]
@@ -130,9 +134,10 @@ def encode_corpus(
 
     Example:
         >>> import tempfile
-        >>> tok, enc = encode_corpus(iter(["to be or not to be\\n"] * 50), tempfile.mkdtemp())
+        >>> tok, enc = encode_corpus(iter(["to be or not to be\\n"] * 50), tempfile.mkdtemp(),
+        ...                          verbose=False)
         >>> tok.vocab_size, enc.meta.n_tokens, enc.meta.n_train
-        (8, 950, 902)
+        (8, 950, 903)
     """
     if not 0.0 <= val_fraction < 1.0:
         raise LstmgenError(
@@ -239,6 +244,48 @@ def _count_chars(tokenizer, ids: np.ndarray, block: int = 1 << 22) -> int:
     )
 
 
+class TokenReader:
+    """Token ids ``[0, length)`` of a token file, read window by window with ``os.pread``.
+
+    Reads go through the page cache but map nothing into the process, so its resident
+    memory stays the same for a 100 MB corpus and a 50 GB one (a memory map's touched pages
+    count as the process's own).
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "t.bin")
+        >>> np.arange(100, dtype=np.uint16).tofile(path)
+        >>> TokenReader(path, "uint16", 100)[np.array([[3, 4, 5], [90, 91, 92]])].tolist()
+        [[3, 4, 5], [90, 91, 92]]
+    """
+
+    def __init__(self, path: str | os.PathLike, dtype: str, length: int):
+        self.path = os.fspath(path)
+        self.dtype = np.dtype(dtype)
+        self.length = length
+        self._fd = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getstate__(self):  # picklable for worker processes: reopen there
+        return {**self.__dict__, "_fd": None}
+
+    def __getitem__(self, offsets: np.ndarray) -> np.ndarray:
+        """``offsets`` is a (rows, width) array of consecutive positions per row."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        size = self.dtype.itemsize
+        width = offsets.shape[1]
+        rows = [np.frombuffer(os.pread(self._fd, width * size, int(first) * size), self.dtype)
+                for first in offsets[:, 0]]
+        return np.stack(rows)
+
+    def __del__(self):
+        if self._fd is not None:
+            os.close(self._fd)
+
+
 class WindowOrder:
     """Which window each batch row reads, as a pure function of (seed, epoch, batch index).
 
@@ -298,7 +345,7 @@ class WindowDataset(_keras_pydataset()):
 
     def __init__(
         self,
-        tokens: np.ndarray,
+        tokens: np.ndarray | TokenReader,
         *,
         seq_len: int,
         batch_size: int,

@@ -366,7 +366,7 @@ class Trainer:
         try:
             while s.epoch < c.epochs and not self._agreed_stop():
                 dataset = WindowDataset(
-                    self.data.train, seq_len=c.seq_len, batch_size=c.batch_size,
+                    self.data.train_reader(), seq_len=c.seq_len, batch_size=c.batch_size,
                     seed=c.seed, epoch=s.epoch, first_batch=s.batch,
                     num_batches=self._batches_this_epoch(), shard=self.cluster.shard,
                 )
