@@ -151,3 +151,14 @@ def test_max_time_stops_cleanly(tmp_path, small_text):
     state = lstmgen.load(tmp_path / "r", checkpoint="last").state
     assert state["stop_reason"] == "time budget reached"
     assert state["finished"] and state["step"] > 0
+
+
+def test_run_files_get_the_usual_permissions(trained_run):
+    import os
+    import stat
+
+    _, out = trained_run
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("config.json", "tokenizer.json", "checkpoints/best.weights.h5"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name

@@ -27,6 +27,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
                                 dir=target.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the target gets the usual mode
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -36,6 +37,12 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:
