@@ -326,7 +326,7 @@ def cmd_demo(args) -> None:
         epochs=100, eval_every=100, checkpoint_every=250, sample_length=0, val_tokens=100_000,
     )
     for prime in ("def ", "class ", "import "):
-        text = model.generate(prime, 400, temperature=0.6, seed=0)[0]
+        text = model.generate(prime, 400, temperature=0.6, seed=len(prime))[0]
         print(f"\n=== sample (prime {prime!r}, temperature 0.6) ===\n{prime}{text}")
 
 
