@@ -219,7 +219,7 @@ def _encode_into(out, source, tokenizer, dtype, read_options, verbose):
             warnings.simplefilter("always", UnknownTokensWarning)
             ids = tokenizer.encode(chunk)
         if caught:
-            unknown += _mapped_count(tokenizer, chunk)
+            unknown += tokenizer.count_unknown(chunk)
         out.write(np.ascontiguousarray(ids, dtype=dtype))  # buffer protocol: no copy
         n_tokens += len(ids)
         n_chars += len(chunk)
@@ -229,11 +229,6 @@ def _encode_into(out, source, tokenizer, dtype, read_options, verbose):
             print(f"  encoded {n_chars / 1e6:,.1f}M characters ({rate:.1f}M/s)", flush=True)
             last_report = now
     return n_tokens, n_chars, unknown
-
-
-def _mapped_count(tokenizer, chunk: str) -> int:
-    count = getattr(tokenizer, "count_unknown", None)
-    return int(count(chunk)) if count else 1
 
 
 def _count_chars(tokenizer, ids: np.ndarray, block: int = 1 << 22) -> int:

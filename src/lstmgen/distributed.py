@@ -157,8 +157,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_local(argv: list[str], processes: int, devices: int | None = None,
-                 timeout: float | None = None) -> int:
+def launch_local(argv: list[str], processes: int) -> int:
     """Run ``lstmgen <argv>`` as ``processes`` local processes joined by a coordinator on a
     free 127.0.0.1 port. Ctrl-C is passed on to all of them; if one fails, the rest are
     stopped. Returns the first non-zero exit status (0 when all succeed)."""
@@ -167,19 +166,14 @@ def launch_local(argv: list[str], processes: int, devices: int | None = None,
     for i in range(processes):
         env = {**os.environ, ENV["coordinator"]: f"127.0.0.1:{port}",
                ENV["num_processes"]: str(processes), ENV["process_id"]: str(i)}
-        if devices:
-            env[ENV["devices"]] = str(devices)
         quiet = {} if i == 0 else {"stdout": subprocess.DEVNULL}
         children.append(subprocess.Popen([sys.executable, "-m", "lstmgen.cli", *argv],
                                          env=env, **quiet))
     previous = signal.signal(signal.SIGINT, lambda *_: [c.send_signal(signal.SIGINT)
                                                          for c in children])
-    deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while any(c.poll() is None for c in children):
-            failed = [c for c in children if c.poll() not in (None, 0)]
-            late = deadline is not None and time.monotonic() > deadline
-            if failed or late:
+            if any(c.poll() not in (None, 0) for c in children):
                 for c in children:
                     if c.poll() is None:
                         c.kill()
