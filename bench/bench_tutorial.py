@@ -146,7 +146,7 @@ def main() -> None:
     started = time.perf_counter()
     tutorial_generate(tut, seed_text, chars, tutorial_chars)
     tut_gen = tutorial_chars / (time.perf_counter() - started)
-    gen = Generator(lm, tok)
+    gen = Generator.from_model(lm, tok)
     gen.generate(seed_text, 64, seed=0)  # warm-up (compiles)
     length = 2048
     lm_gen = length / median_time(lambda: gen.generate(seed_text, length, seed=0), repeats)

@@ -46,6 +46,39 @@ def test_generate_several_samples_and_unknown_prime_characters(trained_run):
     assert "warning:" in result.stderr and "Traceback" not in result.stderr
 
 
+GENERATE_AND_REPORT = """
+import json, sys
+import jax.monitoring
+from lstmgen.cli import main
+
+events = []
+jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))
+code = main(["generate", sys.argv[1], "--length", "30", "--seed", "3"], fresh_process=True)
+print(json.dumps({"code": code, "misses": events.count("/jax/compilation_cache/cache_misses"),
+                  "hits": events.count("/jax/compilation_cache/cache_hits"),
+                  "skipped": [sys.modules.get(m, 0) is None for m in ("IPython", "matplotlib")]}))
+"""
+
+
+def test_generate_second_start_compiles_nothing_and_skips_unused_imports(trained_run,
+                                                                         tmp_path):
+    # The first character's latency: a second `lstmgen generate` loads every XLA program
+    # from the cache and never imports what Keras would pull in for notebooks and plots.
+    _, out = trained_run
+    env = {**os.environ, "LSTMGEN_CACHE_DIR": str(tmp_path / "cache")}
+    runs = []
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", GENERATE_AND_REPORT, str(out)],
+                                capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr
+        *text, report = result.stdout.splitlines()
+        runs.append((text, json.loads(report)))
+    (first_text, first), (second_text, second) = runs
+    assert first["code"] == second["code"] == 0 and first_text == second_text
+    assert first["misses"] > 0 and second["misses"] == 0 and second["hits"] > 0
+    assert second["skipped"] == [True, True]
+
+
 def test_evaluate_and_info(trained_run, small_text):
     _, out = trained_run
     result = run_cli("evaluate", out, small_text, "--json")

@@ -1,8 +1,12 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from lstmgen.checkpoint import save_checkpoint
 from lstmgen.errors import LstmgenError
-from lstmgen.generation import Generator
+from lstmgen.generation import Generator, checkpoint_weights, model_weights
 from lstmgen.model import LanguageModel, ModelConfig
 from lstmgen.tokenizers import CharTokenizer
 
@@ -16,7 +20,7 @@ def make_generator(cell="lstm", layers=2):
     tok = CharTokenizer.fit([TEXT])
     lm = LanguageModel(ModelConfig(units=24, embedding_dim=8, layers=layers, cell=cell),
                        tok.vocab_size)
-    return Generator(lm, tok, block=16), tok, lm
+    return Generator.from_model(lm, tok, block=16), tok, lm
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -87,3 +91,49 @@ def test_bad_settings_are_errors(kwargs, message):
         gen.generate("a", length=5, **kwargs)
     with pytest.raises(LstmgenError, match="length"):
         gen.generate("a", length=-1)
+    with pytest.raises(LstmgenError, match="seed"):
+        gen.generate("a", length=5, seed=1.5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_weights_read_from_the_checkpoint_file_are_the_models(cell, tmp_path):
+    gen, tok, lm = make_generator(cell)
+    path = tmp_path / "best.weights.h5"
+    save_checkpoint(lm.training_model, path, {"step": 0})
+    from_model, from_file = model_weights(lm), checkpoint_weights(path, lm.config)
+    assert len(from_file["layers"]) == lm.config.layers == 2
+    for name in ("embedding", "head", "head_bias"):
+        np.testing.assert_array_equal(from_file[name], from_model[name])
+    for a, b in zip(from_file["layers"], from_model["layers"]):
+        for name in ("kernel", "recurrent", "bias"):
+            np.testing.assert_array_equal(a[name], b[name])
+    loaded = Generator.from_checkpoint(path, lm.config, tok, block=16)
+    assert loaded.generate("Fir", length=40, seed=3, num_samples=2) == \
+        gen.generate("Fir", length=40, seed=3, num_samples=2)
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    _, tok, lm = make_generator(layers=1)
+    path = tmp_path / "best.weights.h5"
+    save_checkpoint(lm.training_model, path, {"step": 0})
+    bigger = ModelConfig(units=32, embedding_dim=8, layers=1)
+    with pytest.raises(LstmgenError, match="needs"):
+        Generator.from_checkpoint(path, bigger, tok)
+    with pytest.raises(LstmgenError, match="does not fit"):
+        Generator.from_checkpoint(path, ModelConfig(units=24, embedding_dim=8, layers=2), tok)
+    path.write_bytes(b"not an hdf5 file")
+    with pytest.raises(LstmgenError, match="does not fit"):
+        Generator.from_checkpoint(path, lm.config, tok)
+
+
+def test_generating_from_a_run_never_imports_keras(trained_run):
+    # Most of `lstmgen generate`'s start-up was importing Keras and building the model.
+    _, out = trained_run
+    code = ("import sys, lstmgen\n"
+            f"text = lstmgen.load({str(out)!r}).generate('ROMEO:', 30, seed=1)[0]\n"
+            "assert len(text) == 30, text\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

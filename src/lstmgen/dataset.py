@@ -324,7 +324,7 @@ def _keras_pydataset():
 
 
 class WindowDataset(_keras_pydataset()):
-    """A ``keras.utils.PyDataset`` of ``(x, y)`` batches for one epoch, read by memory map.
+    """A ``keras.utils.PyDataset`` of ``(x, y)`` batches for one epoch, read from disk.
 
     ``x[i, t]`` is token ``s_i + t`` and ``y[i, t]`` token ``s_i + t + 1``: every position
     predicts its next token. ``first_batch`` skips batches already trained (exact resume);

@@ -3,6 +3,12 @@
 The prime is fed through the step model once (a compiled scan over its tokens, padded to a
 power-of-two length so a handful of shapes cover every prime); then the sampling loop runs
 compiled in blocks of ``block`` tokens, so output can stream while the loop stays in XLA.
+
+Generation is a JAX program (``jit``, ``lax.scan``), and the network's step is written in
+``jax.numpy`` on the trained weights -- the maths of Keras' LSTM/GRU cells, held to the Keras
+model within 1e-5 by the tests. A generator built from a checkpoint file
+(:meth:`Generator.from_checkpoint`) reads the weights with h5py and never imports Keras: that
+is most of the start-up time of ``lstmgen generate``.
 """
 
 from __future__ import annotations
@@ -12,64 +18,146 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from lstmgen.distributed import local
 from lstmgen.errors import LstmgenError
+from lstmgen.model import ModelConfig
 from lstmgen.sampling import Sampling, filter_logits
 
 START_TEXT = "\n"
 
 
+def prng_key(seed: int) -> np.ndarray:
+    """The raw (threefry) JAX key of ``seed``, made on the host: ``jax.random.PRNGKey`` is
+    an XLA program compiled in every new process, on the way to the first character.
+
+    Example:
+        >>> prng_key(7).tolist(), prng_key(2**32 + 7).tolist()
+        ([0, 7], [1, 7])
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise LstmgenError(f"the seed must be an integer, got {seed!r}")
+    seed = int(seed) % 2**64
+    return np.array([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
+
+
+def model_weights(lm) -> dict:
+    """The current weights of a :class:`~lstmgen.model.LanguageModel` as host arrays:
+    ``{"embedding", "layers": [{"kernel", "recurrent", "bias"}], "head", "head_bias"}``."""
+    from lstmgen.distributed import local
+
+    value = lambda variable: np.asarray(local(variable.value))  # noqa: E731
+    return {
+        "embedding": value(lm.embedding.embeddings),
+        "layers": [{"kernel": value(rnn.cell.kernel), "recurrent": value(rnn.cell.recurrent_kernel),
+                    "bias": value(rnn.cell.bias)} for rnn in lm.rnns],
+        "head": value(lm.head.kernel),
+        "head_bias": value(lm.head.bias),
+    }
+
+
+def checkpoint_weights(path, config: ModelConfig) -> dict:
+    """The same weights as :func:`model_weights`, read from a checkpoint file with h5py only.
+
+    Keras stores each layer's variables in a group whose ``vars`` subgroup is named after
+    the layer (an RNN layer's are in its ``cell``). Raises ``KeyError`` when the file is not
+    laid out that way, ``OSError`` when it cannot be read.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        groups = {}
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and name.endswith("vars") and "name" in obj.attrs:
+                groups[obj.attrs["name"]] = obj.parent
+
+        f["layers"].visititems(visit)
+
+        def arrays(layer: str, sub: str = "vars") -> list[np.ndarray]:
+            group = groups[layer][sub]
+            return [np.asarray(group[str(i)]) for i in range(len(group))]
+
+        head, head_bias = arrays("logits")
+        layers = []
+        for i in range(config.layers):
+            kernel, recurrent, bias = arrays(f"{config.cell}_{i}", "cell/vars")
+            layers.append({"kernel": kernel, "recurrent": recurrent, "bias": bias})
+        return {"embedding": arrays("embedding")[0], "layers": layers, "head": head,
+                "head_bias": head_bias}
+
+
+def step_weights(weights: dict, cell: str) -> dict:
+    """Rearrange :func:`model_weights` for the step: the embedding folded into the first
+    layer's input projection (a row lookup per token instead of a matmul), GRU biases split."""
+    layers = []
+    for i, w in enumerate(weights["layers"]):
+        kernel, bias = w["kernel"], w["bias"]
+        input_bias = bias if cell == "lstm" else bias[0]
+        layer = {"recurrent": w["recurrent"], "kernel": kernel, "bias": input_bias}
+        if cell == "gru":
+            layer["recurrent_bias"] = bias[1]
+        if i == 0:
+            layer["table"] = weights["embedding"] @ kernel + input_bias
+        layers.append(layer)
+    return {"layers": layers, "head": weights["head"], "head_bias": weights["head_bias"]}
+
+
 class Generator:
-    """Samples continuations of prime texts from a :class:`~lstmgen.model.LanguageModel`.
+    """Samples continuations of prime texts from a trained network.
+
+    ``weights`` is a dict as returned by :func:`model_weights`, or a function returning one
+    (called for every request: a model still training). Most callers use
+    :meth:`from_model` or :meth:`from_checkpoint`.
 
     Example:
         >>> from lstmgen.model import LanguageModel, ModelConfig
         >>> from lstmgen.tokenizers import CharTokenizer
         >>> tok = CharTokenizer.fit(["abc\\n"])
-        >>> gen = Generator(LanguageModel(ModelConfig(units=8, embedding_dim=4), 4), tok)
+        >>> lm = LanguageModel(ModelConfig(units=8, embedding_dim=4), 4)
+        >>> gen = Generator.from_model(lm, tok)
         >>> texts = gen.generate("ab", length=5, seed=1, num_samples=2)
         >>> [len(t) for t in texts]
         [5, 5]
     """
 
-    def __init__(self, lm, tokenizer, block: int = 64):
+    def __init__(self, config: ModelConfig, tokenizer, weights, block: int = 64):
         import jax
-        from keras import ops
+        import jax.numpy as jnp
+        from jax.nn import sigmoid
 
-        self.lm = lm
+        self.config = config
         self.tokenizer = tokenizer
         self.block = block
-        cell = lm.config.cell
+        self._source = weights
+        self._fixed = None if callable(weights) else step_weights(weights, config.cell)
+        cell = config.cell
 
         def step(weights, tokens, states):
-            # One step of the network in plain ops (same maths as Keras' LSTM/GRU cells;
-            # tests hold it to the full model within 1e-5): the embedding is already folded
-            # into the first layer's input projection, so that part is a row lookup.
+            # One step of the network (the maths of Keras' LSTM/GRU cells).
             new_states, x = [], None
             for i, layer in enumerate(weights["layers"]):
                 if i == 0:
-                    projected = ops.take(layer["table"], tokens, axis=0)
+                    projected = jnp.take(layer["table"], tokens, axis=0)
                 else:
-                    projected = ops.matmul(x, layer["kernel"]) + layer["bias"]
+                    projected = x @ layer["kernel"] + layer["bias"]
                 if cell == "lstm":
                     h, c = states[2 * i], states[2 * i + 1]
-                    z = projected + ops.matmul(h, layer["recurrent"])
-                    gi, gf, gc, go = ops.split(z, 4, axis=-1)
-                    c = ops.sigmoid(gf) * c + ops.sigmoid(gi) * ops.tanh(gc)
-                    h = ops.sigmoid(go) * ops.tanh(c)
+                    z = projected + h @ layer["recurrent"]
+                    gi, gf, gc, go = jnp.split(z, 4, axis=-1)
+                    c = sigmoid(gf) * c + sigmoid(gi) * jnp.tanh(gc)
+                    h = sigmoid(go) * jnp.tanh(c)
                     new_states += [h, c]
                 else:
                     h = states[i]
-                    x_z, x_r, x_h = ops.split(projected, 3, axis=-1)
-                    inner = ops.matmul(h, layer["recurrent"]) + layer["recurrent_bias"]
-                    r_z, r_r, r_h = ops.split(inner, 3, axis=-1)
-                    z = ops.sigmoid(x_z + r_z)
-                    candidate = ops.tanh(x_h + ops.sigmoid(x_r + r_r) * r_h)
+                    x_z, x_r, x_h = jnp.split(projected, 3, axis=-1)
+                    inner = h @ layer["recurrent"] + layer["recurrent_bias"]
+                    r_z, r_r, r_h = jnp.split(inner, 3, axis=-1)
+                    z = sigmoid(x_z + r_z)
+                    candidate = jnp.tanh(x_h + sigmoid(x_r + r_r) * r_h)
                     h = z * h + (1 - z) * candidate
                     new_states.append(h)
                 x = h
-            logits = ops.matmul(x, weights["head"]) + weights["head_bias"]
-            return ops.cast(logits, "float32"), new_states
+            logits = x @ weights["head"] + weights["head_bias"]
+            return logits.astype(jnp.float32), new_states
 
         def consume(weights, states, logits, tokens, mask):
             def body(carry, inputs):
@@ -77,8 +165,8 @@ class Generator:
                 token, keep = inputs
                 new_logits, new_states = step(weights, token, states)
                 keep = keep[:, None]
-                states = [ops.where(keep, n, s) for n, s in zip(new_states, states)]
-                return (states, ops.where(keep, new_logits, logits)), None
+                states = [jnp.where(keep, n, s) for n, s in zip(new_states, states)]
+                return (states, jnp.where(keep, new_logits, logits)), None
 
             (states, logits), _ = jax.lax.scan(body, (states, logits), (tokens.T, mask.T))
             return states, logits
@@ -93,11 +181,11 @@ class Generator:
             def body(carry, step_noise):
                 states, logits = carry
                 if greedy:
-                    token = ops.argmax(logits, axis=-1).astype("int32")
+                    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
                 else:
                     filtered = filter_logits(logits, temperature, top_k,
                                              top_p if nucleus else None)
-                    token = ops.argmax(filtered + step_noise, axis=-1).astype("int32")
+                    token = jnp.argmax(filtered + step_noise, axis=-1).astype(jnp.int32)
                 logits, states = step(weights, token, states)
                 return (states, logits), token
 
@@ -108,27 +196,51 @@ class Generator:
         self._sample = jax.jit(sample,
                                static_argnames=("top_k", "greedy", "steps", "nucleus"))
 
-    def _weights(self) -> dict:
-        """The current weights, rearranged for :meth:`step`."""
-        from keras import ops
+    @classmethod
+    def from_model(cls, lm, tokenizer, block: int = 64) -> Generator:
+        """A generator that always uses ``lm``'s current weights (e.g. while training)."""
+        return cls(lm.config, tokenizer, lambda: model_weights(lm), block)
 
-        lm = self.lm
-        value = lambda variable: local(variable.value)  # noqa: E731
-        layers = []
-        for i, rnn in enumerate(lm.rnns):
-            cell = rnn.cell
-            kernel, recurrent, bias = value(cell.kernel), value(cell.recurrent_kernel), \
-                value(cell.bias)
-            input_bias = bias if lm.config.cell == "lstm" else bias[0]
-            layer = {"recurrent": recurrent, "kernel": kernel, "bias": input_bias}
-            if lm.config.cell == "gru":
-                layer["recurrent_bias"] = bias[1]
-            if i == 0:
-                embeddings = value(lm.embedding.embeddings)
-                layer["table"] = ops.matmul(embeddings, kernel) + input_bias
-            layers.append(layer)
-        return {"layers": layers, "head": value(lm.head.kernel),
-                "head_bias": value(lm.head.bias)}
+    @classmethod
+    def from_checkpoint(cls, path, config: ModelConfig, tokenizer, block: int = 64
+                        ) -> Generator:
+        """A generator for the weights in a checkpoint file, read without Keras."""
+        try:
+            weights = checkpoint_weights(path, config)
+        except (KeyError, OSError, ValueError) as e:
+            raise LstmgenError(
+                f"checkpoint {path} does not fit this model ({e})",
+                hint="the file is damaged or from another run; retrain or restore it",
+            ) from None
+        generator = cls(config, tokenizer, weights, block)
+        generator._check_shapes()
+        return generator
+
+    def _weights(self) -> dict:
+        """The weights, rearranged for the step."""
+        if self._fixed is not None:
+            return self._fixed
+        return step_weights(self._source(), self.config.cell)
+
+    def _check_shapes(self) -> None:
+        c, w = self.config, self._weights()
+        gates = 4 if c.cell == "lstm" else 3
+        expected = [((self.tokenizer.vocab_size, gates * c.units), w["layers"][0]["table"])]
+        for i, layer in enumerate(w["layers"]):
+            inputs = c.embedding_dim if i == 0 else c.units
+            expected += [((inputs, gates * c.units), layer["kernel"]),
+                         ((c.units, gates * c.units), layer["recurrent"])]
+        expected.append(((c.units, self.tokenizer.vocab_size), w["head"]))
+        for shape, array in expected:
+            if tuple(array.shape) != shape:
+                raise LstmgenError(
+                    f"checkpoint weights of shape {tuple(array.shape)} where the model "
+                    f"needs {shape}",
+                    hint="the file is damaged or from another run; retrain or restore it")
+        if self._fixed is not None:  # on the device once, not at every call
+            import jax
+
+            self._fixed = jax.device_put(self._fixed)
 
     def encode_prime(self, prime: str) -> np.ndarray:
         """Token ids of ``prime``; unseen characters are mapped (see the tokenizer's policy).
@@ -142,10 +254,9 @@ class Generator:
             ids = np.zeros(1, np.int32)
         return np.asarray(ids, np.int32)
 
-    def prime_states(self, primes: list[np.ndarray]):
+    def prime_states(self, primes: list[np.ndarray], weights: dict | None = None):
         """Run each prime through the model; returns the states and last-position logits."""
-        import jax.numpy as jnp
-
+        weights = weights or self._weights()
         batch = len(primes)
         longest = max(len(p) for p in primes)
         padded = 1 << max(4, (longest - 1).bit_length())
@@ -154,10 +265,11 @@ class Generator:
         for i, p in enumerate(primes):
             tokens[i, : len(p)] = p
             mask[i, : len(p)] = True
-        units = self.lm.config.units
-        states = [jnp.zeros((batch, units), jnp.float32) for _ in range(self.lm.num_states)]
-        logits = jnp.zeros((batch, self.lm.vocab_size), jnp.float32)
-        return self._consume(self._weights(), states, logits, tokens, mask)
+        c = self.config
+        states = [np.zeros((batch, c.units), np.float32)
+                  for _ in range(c.layers * c.states_per_layer)]
+        logits = np.zeros((batch, weights["head"].shape[1]), np.float32)
+        return self._consume(weights, states, logits, tokens, mask)
 
     def stream(
         self,
@@ -172,9 +284,8 @@ class Generator:
     ) -> Iterator[list[str]]:
         """Yield, block by block, the new text of each sample (a list of ``num_samples``
         strings per block). ``prime`` may be one text for all samples or one per sample."""
-        import jax
-
-        sampling = Sampling(temperature, top_k, top_p).validate(self.lm.vocab_size)
+        weights = self._weights()
+        sampling = Sampling(temperature, top_k, top_p).validate(weights["head"].shape[1])
         if not isinstance(length, int) or length < 0:
             raise LstmgenError(f"length must be an integer >= 0, got {length!r}")
         if isinstance(prime, str):
@@ -187,10 +298,9 @@ class Generator:
                 raise LstmgenError("give at least one prime")
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
+        key = prng_key(seed)
         encoded = [self.encode_prime(p) for p in primes]
-        states, logits = self.prime_states(encoded)
-        key = jax.random.PRNGKey(seed)
-        weights = self._weights()
+        states, logits = self.prime_states(encoded, weights)
         decoders = [self.tokenizer.stream_decoder() for _ in primes]
         produced = 0
         while produced < length:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
+
 from lstmgen.errors import LstmgenError
 
 CELLS = ("lstm", "gru")
@@ -53,6 +55,10 @@ class ModelConfig:
         return 2 if self.cell == "lstm" else 1
 
 
+def _host_zeros(shape, dtype=None):
+    return np.zeros(shape, dtype or "float32")
+
+
 class LanguageModel:
     """The layers of one model and the Keras training model over them.
 
@@ -67,13 +73,16 @@ class LanguageModel:
 
         self.config = config.validate()
         self.vocab_size = vocab_size
-        # Weights about to be loaded need no random (orthogonal: a QR) initialisation.
-        init = {} if initialize else {"kernel_initializer": "zeros"}
-        rnn_init = {} if initialize else {"kernel_initializer": "zeros",
-                                          "recurrent_initializer": "zeros"}
+        # Weights about to be loaded need no random (orthogonal: a QR) initialisation, and
+        # host zeros: a JAX initializer compiles one small XLA program per weight shape.
+        init = {} if initialize else {"kernel_initializer": _host_zeros,
+                                      "bias_initializer": _host_zeros}
+        rnn_init = {} if initialize else {"kernel_initializer": _host_zeros,
+                                          "recurrent_initializer": _host_zeros,
+                                          "bias_initializer": _host_zeros}
         self.embedding = keras.layers.Embedding(
             vocab_size, config.embedding_dim, name="embedding",
-            **({} if initialize else {"embeddings_initializer": "zeros"}))
+            **({} if initialize else {"embeddings_initializer": _host_zeros}))
         rnn = keras.layers.LSTM if config.cell == "lstm" else keras.layers.GRU
         self.rnns = [
             rnn(config.units, return_sequences=True, return_state=True,

@@ -124,17 +124,22 @@ class Run:
     def has_checkpoint(self, which: str = "last") -> bool:
         return self.checkpoint_path(which).is_file()
 
-    def load_model(self, checkpoint: str = "best", tokenizer=None) -> tuple[LanguageModel, dict]:
-        """Build the model and load a checkpoint (``best`` falls back to ``last``)."""
-        from lstmgen.checkpoint import load_checkpoint
-
-        tokenizer = tokenizer or self.tokenizer
+    def trained_checkpoint(self, checkpoint: str = "best") -> Path:
+        """The file of a checkpoint (``best`` falls back to ``last``)."""
         path = self.checkpoint_path(checkpoint)
         if checkpoint == "best" and not path.is_file():
             path = self.checkpoint_path("last")
         if not path.is_file():
             raise LstmgenError(f"{self.path} has no trained weights yet",
                                hint="train it first (or resume: lstmgen train --resume RUN)")
+        return path
+
+    def load_model(self, checkpoint: str = "best", tokenizer=None) -> tuple[LanguageModel, dict]:
+        """Build the Keras model and load a checkpoint (``best`` falls back to ``last``)."""
+        from lstmgen.checkpoint import load_checkpoint
+
+        tokenizer = tokenizer or self.tokenizer
+        path = self.trained_checkpoint(checkpoint)
         lm = LanguageModel(self.model_config, tokenizer.vocab_size, initialize=False)
         state = load_checkpoint(lm.training_model, path)
         return lm, state
@@ -149,18 +154,34 @@ class TrainedModel:
     """
 
     def __init__(self, run: Run, checkpoint: str = "best"):
+        from lstmgen.checkpoint import read_state
+
         self.run = run
         self.tokenizer = run.tokenizer
-        self.lm, self.state = run.load_model(checkpoint, self.tokenizer)
+        self.checkpoint = run.trained_checkpoint(checkpoint)
+        self.state = read_state(self.checkpoint)
+        self._lm = None
         self._generator = None
-        self._evaluator = None
+
+    @property
+    def lm(self) -> LanguageModel:
+        """The Keras model, built on first use (generation does not need it)."""
+        if self._lm is None:
+            self._lm, _ = self.run.load_model(self.checkpoint.name.split(".")[0],
+                                              self.tokenizer)
+        return self._lm
 
     @property
     def generator(self):
         if self._generator is None:
-            from lstmgen.generation import Generator
+            from lstmgen.generation import Generator, model_weights
 
-            self._generator = Generator(self.lm, self.tokenizer)
+            try:  # straight from the file, without building (or importing) Keras
+                self._generator = Generator.from_checkpoint(
+                    self.checkpoint, self.run.model_config, self.tokenizer)
+            except LstmgenError:  # a layout only Keras reads: it says what is wrong, if any
+                self._generator = Generator(self.run.model_config, self.tokenizer,
+                                            model_weights(self.lm))
         return self._generator
 
     def generate(self, prime="", length: int = 200, **sampling) -> list[str]:

@@ -1,6 +1,6 @@
 """How the next token is chosen from the model's logits: temperature, top-k, top-p, greedy.
 
-Written in ``keras.ops`` so it traces into the compiled generation loop.
+Written in ``jax.numpy`` so it traces into the compiled generation loop.
 """
 
 from __future__ import annotations
@@ -53,18 +53,19 @@ def filter_logits(logits, temperature, top_k: int, top_p):
     """Scale ``logits`` (batch, vocab) by the temperature and mask all but the top-k tokens
     and the smallest set whose probability reaches ``top_p``. ``top_k`` is static; a
     ``top_p`` of ``None`` skips the (sorting) nucleus filter."""
-    from keras import ops
+    import jax
+    import jax.numpy as jnp
 
-    neg_inf = ops.full_like(logits, -1e30)
-    logits = logits / ops.maximum(temperature, 1e-6)
+    neg_inf = jnp.full_like(logits, -1e30)
+    logits = logits / jnp.maximum(temperature, 1e-6)
     if top_k:
-        kth = ops.top_k(logits, top_k)[0][:, -1:]
-        logits = ops.where(logits < kth, neg_inf, logits)
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, neg_inf, logits)
     if top_p is None:
         return logits
-    ordered = ops.flip(ops.sort(logits, axis=-1), axis=-1)
-    probs = ops.softmax(ordered, axis=-1)
-    before = ops.cumsum(probs, axis=-1) - probs
-    kept = ops.sum(ops.cast(before < top_p, "int32"), axis=-1, keepdims=True)
-    threshold = ops.take_along_axis(ordered, ops.maximum(kept - 1, 0), axis=-1)
-    return ops.where(logits < threshold, neg_inf, logits)
+    ordered = jnp.flip(jnp.sort(logits, axis=-1), axis=-1)
+    probs = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs
+    kept = jnp.sum((before < top_p).astype(jnp.int32), axis=-1, keepdims=True)
+    threshold = jnp.take_along_axis(ordered, jnp.maximum(kept - 1, 0), axis=-1)
+    return jnp.where(logits < threshold, neg_inf, logits)

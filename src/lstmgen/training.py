@@ -504,7 +504,7 @@ class Trainer:
         if self.generator is None:
             from lstmgen.generation import Generator
 
-            self.generator = Generator(self.lm, self.tokenizer)
+            self.generator = Generator.from_model(self.lm, self.tokenizer)
         text = self.generator.generate("", length, temperature=0.8,
                                        seed=self.config.seed + self.state.step)[0]
         block = f"--- sample at step {self.state.step} ---\n{text}\n"
