@@ -135,6 +135,12 @@ def main() -> None:
                 print(f"  {seconds / 60:4.0f} min: {shown}")
         print("  nanoGPT CPU reference: " + ", ".join(f"{loss} at {t / 60:.1f} min"
                                                       for t, loss in NANOGPT_CPU))
+        print("validation loss of the best checkpoint, the two ways of reading the text:")
+        for carry in (True, False):
+            result = trained.evaluate(tmp / "val.txt", carry_state=carry)
+            how = ("state carried through the text (the figures above)" if carry else
+                   f"state reset every {args.seq_len} characters (training windows)")
+            print(f"  {result.loss:.4f} nats/char, {result.bits_per_char:.3f} bits/char: {how}")
         sample = trained.generate("ROMEO:", 200, temperature=0.8, seed=0)[0]
         print(f"\nsample (temperature 0.8):\nROMEO:{sample}")
     finally:

@@ -86,6 +86,10 @@ def test_evaluate_and_info(trained_run, small_text):
     figures = json.loads(result.stdout)
     assert figures["tokens"] == len(small_text.read_text(encoding="utf-8")) - 1
     assert 0 < figures["bits_per_char"] < 8
+    reset = run_cli("evaluate", out, small_text, "--json", "--reset-state")
+    assert reset.returncode == 0, reset.stderr
+    assert json.loads(reset.stdout)["tokens"] == figures["tokens"]
+    assert json.loads(reset.stdout)["loss"] != figures["loss"]
     info = run_cli("info", out)
     assert info.returncode == 0, info.stderr
     assert "parameters" in info.stdout and "best validation" in info.stdout

@@ -22,7 +22,8 @@ EXAMPLES = {
   lstmgen generate runs/books --temperature 0          # greedy""",
     "evaluate": """examples:
   lstmgen evaluate runs/books held_out.txt
-  lstmgen evaluate runs/books test/ --json""",
+  lstmgen evaluate runs/books test/ --json
+  lstmgen evaluate runs/books held_out.txt --reset-state   # as the training windows see it""",
     "info": """examples:
   lstmgen info runs/books""",
     "demo": """examples:
@@ -170,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=_positive_int, default=None)
     p.add_argument("--encoding-errors", choices=("strict", "replace", "ignore"),
                    default="strict")
+    p.add_argument("--reset-state", action="store_true",
+                   help="restart the state every training window instead of carrying it "
+                        "through the text (scores each window as in training)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = command("info", "show a run's config, size, progress and best validation figures")
@@ -278,7 +282,7 @@ def cmd_evaluate(args) -> None:
 
     model = lstmgen.load(args.run, checkpoint=args.checkpoint)
     result = model.evaluate(args.corpus, encoding_errors=args.encoding_errors,
-                            max_tokens=args.max_tokens)
+                            max_tokens=args.max_tokens, carry_state=not args.reset_state)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return

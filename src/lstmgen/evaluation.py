@@ -47,26 +47,39 @@ class Evaluation:
 
 
 class Evaluator:
-    """Computes the summed loss of the training model on token windows, compiled once.
+    """Computes the summed loss of a model on a token sequence, compiled once.
 
-    Windows of ``seq_len + 1`` tokens overlap by one, so every token after the first is
-    predicted exactly once (with the state reset at each window start, as in training).
+    Every token after the first is predicted exactly once. With ``carry_state`` (the
+    default) the text is cut into at most ``batch_size`` contiguous streams, read window by
+    window with the recurrent state carried, as in generation: each token is predicted from
+    all the text before it in its stream. Without it, the state restarts every ``seq_len``
+    tokens, as in a training window -- a handicap for the first positions of every window.
+
+    Example:
+        >>> from lstmgen.model import LanguageModel, ModelConfig
+        >>> lm = LanguageModel(ModelConfig(units=8, embedding_dim=4), vocab_size=5)
+        >>> result = Evaluator(lm, seq_len=16)(np.arange(100) % 5)
+        >>> result.tokens, bool(abs(result.loss - np.log(5)) < 0.1)
+        (99, True)
     """
 
-    def __init__(self, lm, seq_len: int = 256, batch_size: int = 32):
+    def __init__(self, lm, seq_len: int = 256, batch_size: int = 32, carry_state: bool = True):
         import jax
         from keras import ops
 
         self.lm = lm
         self.seq_len = seq_len
         self.batch_size = batch_size
-        model = lm.training_model
+        self.carry_state = carry_state
+        self.model = model = lm.stateful_model if carry_state else lm.training_model
 
-        def summed_nll(trainable, non_trainable, x, y, weight):
-            logits, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+        def summed_nll(trainable, non_trainable, x, states, y, weight):
+            inputs = [x, *states] if carry_state else x
+            outputs, _ = model.stateless_call(trainable, non_trainable, inputs, training=False)
+            logits, *states = outputs if carry_state else (outputs,)
             logp = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
             picked = ops.take_along_axis(logp, ops.expand_dims(y, -1), axis=-1)[..., 0]
-            return -ops.sum(picked * weight)
+            return -ops.sum(picked * weight), states
 
         self._summed_nll = jax.jit(summed_nll)
 
@@ -74,37 +87,61 @@ class Evaluator:
                  max_tokens: int | None = None) -> Evaluation:
         """Evaluate ``tokens`` (first ``max_tokens`` when given); ``chars`` is the character
         count of the evaluated text, for bits per character (defaults to the token count)."""
-        model = self.lm.training_model
-        trainable = [local(v.value) for v in model.trainable_variables]
-        non_trainable = [local(v.value) for v in model.non_trainable_variables]
         n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
-        T, B = self.seq_len, self.batch_size
-        n_windows = max(0, math.ceil((n - 1) / T))
-        total = 0.0
-        for first in range(0, n_windows, B):
-            x = np.zeros((B, T), np.int32)
-            y = np.zeros((B, T), np.int32)
-            w = np.zeros((B, T), np.float32)
-            for row, k in enumerate(range(first, min(first + B, n_windows))):
-                piece = np.asarray(tokens[k * T : min(k * T + T + 1, n)], dtype=np.int32)
-                m = len(piece) - 1
-                x[row, :m], y[row, :m], w[row, :m] = piece[:-1], piece[1:], 1.0
-            total += float(self._summed_nll(trainable, non_trainable, x, y, w))
         predicted = max(n - 1, 0)
+        x, y, w = self._layout(np.asarray(tokens[:n], dtype=np.int32), predicted)
+        trainable = [local(v.value) for v in self.model.trainable_variables]
+        non_trainable = [local(v.value) for v in self.model.non_trainable_variables]
+        units = self.lm.config.units
+        total = 0.0
+        states = None
+        for start in range(0, x.shape[1], self.seq_len):
+            part = slice(start, start + self.seq_len)
+            if self.carry_state and states is None:
+                states = [np.zeros((len(x), units), np.float32)] * self.lm.num_states
+            nll, states = self._summed_nll(trainable, non_trainable, x[:, part],
+                                           states or [], y[:, part], w[:, part])
+            total += float(nll)
         if chars is None:
             chars = predicted
         elif n < len(tokens):
             chars = int(round(chars * predicted / max(len(tokens) - 1, 1)))
         return Evaluation(nll=total, tokens=predicted, chars=chars)
 
+    def _layout(self, ids: np.ndarray, predicted: int):
+        """Inputs, targets and weights of shape (rows, windows x seq_len): contiguous streams
+        (carried state) or independent windows (reset state), zero-padded and weighted 0."""
+        T = self.seq_len
+        if self.carry_state:
+            # Streams of at least 16 windows, so cold starts are a small share of the text.
+            rows = min(self.batch_size, max(1, predicted // (16 * T)))
+            length = -(-predicted // rows) if predicted else 0
+        else:
+            rows, length = max(1, -(-predicted // T)), T
+        width = max(1, -(-length // T)) * T
+        x = np.zeros((rows, width), np.int32)
+        y = np.zeros((rows, width), np.int32)
+        w = np.zeros((rows, width), np.float32)
+        for row in range(rows):
+            piece = ids[row * length : min(row * length + length + 1, predicted + 1)]
+            m = max(len(piece) - 1, 0)
+            x[row, :m], y[row, :m], w[row, :m] = piece[:-1], piece[1:], 1.0
+        if not self.carry_state:  # windows as rows, evaluated batch_size rows at a time
+            pad = -rows % self.batch_size
+            x, y, w = (np.concatenate([a, np.zeros((pad, width), a.dtype)]) for a in (x, y, w))
+            x, y, w = (a.reshape(-1, self.batch_size, width).transpose(1, 0, 2)
+                       .reshape(self.batch_size, -1) for a in (x, y, w))
+        return x, y, w
+
 
 def evaluate_corpus(trained, source, *, encoding_errors: str = "strict", max_tokens=None,
-                    seq_len: int | None = None) -> Evaluation:
+                    seq_len: int | None = None, carry_state: bool = True) -> Evaluation:
     """Evaluate a trained model (a :class:`~lstmgen.run.TrainedModel`) on a corpus, streamed.
 
-    Every token after the first is predicted once; the state restarts every ``seq_len``
-    tokens (the training window, by default), as during training. Unseen characters are
-    mapped by the tokenizer's policy and counted in a warning.
+    Every token after the first is predicted once, with the state carried through the text
+    (see :class:`Evaluator`; ``carry_state=False`` restarts it every ``seq_len`` tokens, the
+    training window by default). Unseen characters are mapped by the tokenizer's policy and
+    counted in a warning.
     """
     import warnings
 
@@ -112,7 +149,8 @@ def evaluate_corpus(trained, source, *, encoding_errors: str = "strict", max_tok
     from lstmgen.tokenizers import UnknownTokensWarning
 
     train = trained.run.config.get("train", {})
-    evaluator = Evaluator(trained.lm, seq_len=seq_len or train.get("seq_len", 256))
+    evaluator = Evaluator(trained.lm, seq_len=seq_len or train.get("seq_len", 256),
+                          carry_state=carry_state)
     total = Evaluation(0.0, 0, 0)
     previous = np.zeros(0, np.int32)
     mapped = 0

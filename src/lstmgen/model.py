@@ -95,12 +95,39 @@ class LanguageModel:
 
         tokens = keras.Input((None,), dtype="int32", name="tokens")
         self.training_model = keras.Model(tokens, self._apply(tokens), name="lstmgen")
+        self._stateful_model = None
 
     def _apply(self, tokens):
         x = self.embedding(tokens)
         for rnn in self.rnns:
             x, *_ = rnn(x)
         return self.head(self.output_dropout(x))
+
+    @property
+    def stateful_model(self):
+        """The same layers as a model that also takes and returns the recurrent states,
+        ``[tokens, *states] -> [logits, *states]``: long text read window by window.
+
+        Example:
+            >>> lm = LanguageModel(ModelConfig(units=32, embedding_dim=8, layers=2), 20)
+            >>> [tuple(t.shape) for t in lm.stateful_model.outputs]
+            [(None, None, 20), (None, 32), (None, 32), (None, 32), (None, 32)]
+        """
+        if self._stateful_model is None:
+            import keras
+
+            tokens = keras.Input((None,), dtype="int32", name="tokens")
+            states = [keras.Input((self.config.units,), name=f"state_{i}")
+                      for i in range(self.num_states)]
+            k = self.config.states_per_layer
+            x, out_states = self.embedding(tokens), []
+            for i, rnn in enumerate(self.rnns):
+                x, *carried = rnn(x, initial_state=states[k * i : k * i + k])
+                out_states += carried
+            self._stateful_model = keras.Model(
+                [tokens, *states], [self.head(self.output_dropout(x)), *out_states],
+                name="lstmgen_stateful")
+        return self._stateful_model
 
     @property
     def num_states(self) -> int:

@@ -192,13 +192,14 @@ class TrainedModel:
         """Yield new text block by block, one string per sample."""
         return self.generator.stream(prime, length, **sampling)
 
-    def evaluate(self, source, *, encoding_errors: str = "strict", max_tokens=None):
+    def evaluate(self, source, *, encoding_errors: str = "strict", max_tokens=None,
+                 carry_state: bool = True):
         """Loss, bits per character and perplexity of the model on a corpus (paths or an
         iterable of strings), streamed chunk by chunk; see :func:`evaluate_corpus`."""
         from lstmgen.evaluation import evaluate_corpus
 
         return evaluate_corpus(self, source, encoding_errors=encoding_errors,
-                               max_tokens=max_tokens)
+                               max_tokens=max_tokens, carry_state=carry_state)
 
     def info(self) -> dict:
         """A summary: config, vocabulary, parameters, steps, best validation figures."""
