@@ -60,7 +60,7 @@ def steps_per_second(model_config, batch: int, seq: int, fused: bool, vocab: int
                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = np.random.default_rng(0).integers(0, vocab, (batch, seq + 1)).astype("int32")
     return 1 / median_time(lambda: lm.training_model.train_on_batch(x[:, :-1], x[:, 1:]),
-                           repeats=3, warmup=2)
+                           repeats=10, warmup=3)
 
 
 def loss_at(curve: list[tuple[float, float]], seconds: float) -> float | None:
