@@ -7,7 +7,7 @@ cosine schedule ends with the time budget (``max_time`` is the hard stop), train
 For orientation, nanoGPT's CPU baby-GPT reaches 1.89 at 2 min and ~1.59 at 8.3 min; the
 issue's targets are <= 1.50 at 10 min and <= 1.45 at 30 min.
 
-    python bench/bench_quality.py                      # 8 minutes, the best config measured
+    python bench/bench_quality.py                      # 10 minutes, the CLI's default model
     python bench/bench_quality.py --budget 1800        # the 30-minute target
     python bench/bench_quality.py --quick              # 90 s, a smoke run
     python bench/bench_quality.py --units 1024 --fused # other configs; --help for all
@@ -71,12 +71,12 @@ def loss_at(curve: list[tuple[float, float]], seconds: float) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", type=float, default=480.0, help="seconds of training")
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds of training")
     parser.add_argument("--quick", action="store_true", help="a 90-second smoke run")
-    parser.add_argument("--units", type=int, default=256)
+    parser.add_argument("--units", type=int, default=384)
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--embedding-dim", type=int, default=64)
-    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--learning-rate", type=float, default=4e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=64)

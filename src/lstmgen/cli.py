@@ -79,9 +79,10 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model (fixed once a run starts)")
     m.add_argument("--embedding-dim", type=_positive_int, help="embedding size (64)")
-    m.add_argument("--units", type=_positive_int, help="units per recurrent layer (256)")
+    m.add_argument("--units", type=_positive_int, help="units per recurrent layer (384)")
     m.add_argument("--layers", type=_positive_int, help="recurrent layers (1)")
-    m.add_argument("--dropout", type=float, help="dropout between layers (0)")
+    m.add_argument("--dropout", type=float,
+                   help="dropout into each layer after the first and into the output (0.3)")
     m.add_argument("--cell", choices=("lstm", "gru"), help="recurrent cell (lstm)")
     t = p.add_argument_group("training")
     t.add_argument("--tokenizer", choices=("char", "word", "bpe"), default=None,

@@ -26,9 +26,9 @@ class ModelConfig:
     """
 
     embedding_dim: int = 64
-    units: int = 256
+    units: int = 384
     layers: int = 1
-    dropout: float = 0.0
+    dropout: float = 0.3
     cell: str = "lstm"
 
     def validate(self) -> ModelConfig:

@@ -1,0 +1,56 @@
+"""Plot validation loss against minutes from saved ``bench_quality.py`` outputs, with
+nanoGPT's CPU baby-GPT reference points from the issue.
+
+    python bench/bench_quality.py --budget 1800 > d.txt
+    python bench/plot_quality.py d.txt other.txt --out bench/quality_curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quality import NANOGPT_CPU  # noqa: E402
+
+ROW = re.compile(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.na]+)\s*$")
+
+
+def curve(path: Path) -> tuple[str, list[tuple[float, float]]]:
+    text = path.read_text(encoding="utf-8")
+    model = re.search(r"units=(\d+).*?dropout=([\d.]+)", text)
+    label = f"LSTM {model[1]}, dropout {model[2]}" if model else path.stem
+    points = [(float(m[3]) / 60, float(m[4])) for m in map(ROW.match, text.splitlines()) if m]
+    return label, points
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("outputs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("quality_curves.png"))
+    args = parser.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for path in args.outputs:
+        label, points = curve(path)
+        ax.plot(*zip(*points), marker=".", label=f"lstmgen: {label}")
+    ax.plot([t / 60 for t, _ in NANOGPT_CPU], [v for _, v in NANOGPT_CPU], "ks--",
+            label="nanoGPT CPU baby-GPT (issue's reference)")
+    for target, until in ((1.50, 10), (1.45, 30)):
+        ax.hlines(target, 0, until, colors="grey", linestyles=":")
+    ax.set(xlabel="minutes of training (2 CPU cores)", ylabel="validation loss (nats/char)",
+           title="tiny-shakespeare, nanoGPT split", ylim=(1.4, 2.0))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(args.out, dpi=110, bbox_inches="tight")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
