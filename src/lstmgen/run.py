@@ -158,6 +158,7 @@ class TrainedModel:
 
         self.run = run
         self.tokenizer = run.tokenizer
+        self.which = checkpoint
         self.checkpoint = run.trained_checkpoint(checkpoint)
         self.state = read_state(self.checkpoint)
         self._lm = None
@@ -167,8 +168,7 @@ class TrainedModel:
     def lm(self) -> LanguageModel:
         """The Keras model, built on first use (generation does not need it)."""
         if self._lm is None:
-            self._lm, _ = self.run.load_model(self.checkpoint.name.split(".")[0],
-                                              self.tokenizer)
+            self._lm, _ = self.run.load_model(self.which, self.tokenizer)
         return self._lm
 
     @property
