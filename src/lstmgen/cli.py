@@ -346,13 +346,15 @@ COMMANDS = {"train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evalua
 
 
 # Keras imports these at start-up when they are installed, for notebook display and image
-# plots that only `train` (matplotlib, for loss.png) needs: ~1 s of `generate`'s start.
-UNUSED_BY = {"generate": ("IPython", "matplotlib"), "evaluate": ("IPython", "matplotlib"),
-             "info": ("IPython", "matplotlib"), "serve": ("IPython", "matplotlib")}
+# plots; only training (matplotlib, for loss.png) needs one: ~1 s of the other commands' start.
+OPTIONAL_IMPORTS = ("IPython", "matplotlib")
+PLOTTING_COMMANDS = ("train", "demo")
 
 
 def _skip_unused_imports(command: str) -> None:
-    for name in UNUSED_BY.get(command, ()):
+    if command in PLOTTING_COMMANDS:
+        return
+    for name in OPTIONAL_IMPORTS:
         if name not in sys.modules:
             sys.modules[name] = None  # `import name` now raises ImportError, which Keras expects
 

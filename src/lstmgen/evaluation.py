@@ -94,13 +94,12 @@ class Evaluator:
         non_trainable = [local(v.value) for v in self.model.non_trainable_variables]
         units = self.lm.config.units
         total = 0.0
-        states = None
+        states = ([np.zeros((len(x), units), np.float32)] * self.lm.num_states
+                  if self.carry_state else [])
         for start in range(0, x.shape[1], self.seq_len):
             part = slice(start, start + self.seq_len)
-            if self.carry_state and states is None:
-                states = [np.zeros((len(x), units), np.float32)] * self.lm.num_states
-            nll, states = self._summed_nll(trainable, non_trainable, x[:, part],
-                                           states or [], y[:, part], w[:, part])
+            nll, states = self._summed_nll(trainable, non_trainable, x[:, part], states,
+                                           y[:, part], w[:, part])
             total += float(nll)
         if chars is None:
             chars = predicted

@@ -128,7 +128,9 @@ class Generator:
         self.tokenizer = tokenizer
         self.block = block
         self._source = weights
-        self._fixed = None if callable(weights) else step_weights(weights, config.cell)
+        # Fixed weights go to the device once, not at every call.
+        self._fixed = (None if callable(weights) else
+                       jax.device_put(step_weights(weights, config.cell)))
         cell = config.cell
 
         def step(weights, tokens, states):
@@ -237,10 +239,6 @@ class Generator:
                     f"checkpoint weights of shape {tuple(array.shape)} where the model "
                     f"needs {shape}",
                     hint="the file is damaged or from another run; retrain or restore it")
-        if self._fixed is not None:  # on the device once, not at every call
-            import jax
-
-            self._fixed = jax.device_put(self._fixed)
 
     def encode_prime(self, prime: str) -> np.ndarray:
         """Token ids of ``prime``; unseen characters are mapped (see the tokenizer's policy).
