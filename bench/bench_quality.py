@@ -10,6 +10,7 @@ issue's targets are <= 1.50 at 10 min and <= 1.45 at 30 min.
     python bench/bench_quality.py                      # 10 minutes, the CLI's default model
     python bench/bench_quality.py --budget 1800        # the 30-minute target
     python bench/bench_quality.py --quick              # 90 s, a smoke run
+    python bench/bench_quality.py --no-carry-state     # each window from a zero state
     python bench/bench_quality.py --units 1024 --fused # other configs; --help for all
 """
 
@@ -77,12 +78,15 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--embedding-dim", type=int, default=64)
     parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument("--recurrent-dropout", type=float, default=0.0)
     parser.add_argument("--learning-rate", type=float, default=4e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--max-steps", type=int, default=None,
                         help="length of the cosine schedule (default: from a measured rate)")
     parser.add_argument("--evals", type=int, default=8, help="evaluations over the budget")
+    parser.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,
+                        help="carry the state from batch to batch (default: the CLI's)")
     parser.add_argument("--fused", action="store_true",
                         help="use lstmgen.layers.FusedLSTM (same weights, faster on CPU)")
     args = parser.parse_args()
@@ -98,7 +102,8 @@ def main() -> None:
         (tmp / "train.txt").write_text(text[:cut], encoding="utf-8")
         (tmp / "val.txt").write_text(text[cut:], encoding="utf-8")
         model = lstmgen.ModelConfig(embedding_dim=args.embedding_dim, units=args.units,
-                                    layers=args.layers, dropout=args.dropout)
+                                    layers=args.layers, dropout=args.dropout,
+                                    recurrent_dropout=args.recurrent_dropout)
         rate = steps_per_second(model, args.batch_size, args.seq_len, args.fused,
                                 vocab=len(set(text)))
         # Evaluations and compilation take time too; aim the schedule at 90% of the steps
@@ -110,6 +115,8 @@ def main() -> None:
                       warmup_steps=min(100, max_steps // 20), max_steps=max_steps,
                       max_time=budget, epochs=10_000, eval_every=eval_every,
                       checkpoint_every=10**9, sample_length=0, val_tokens=10**7)
+        config["carry_state"] = (lstmgen.TrainConfig().carry_state if args.carry_state is None
+                                 else args.carry_state)
         print(f"model {model}, fused={args.fused}\ntraining {config}\n"
               f"measured {rate:.2f} steps/s ({rate * args.batch_size * args.seq_len:,.0f} "
               "tokens/s) before training", flush=True)

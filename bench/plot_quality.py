@@ -21,9 +21,20 @@ ROW = re.compile(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.na]+)\s*$")
 def curve(path: Path) -> tuple[str, list[tuple[float, float]]]:
     text = path.read_text(encoding="utf-8")
     model = re.search(r"units=(\d+).*?dropout=([\d.]+)", text)
-    label = f"LSTM {model[1]}, dropout {model[2]}" if model else path.stem
-    points = [(float(m[3]) / 60, float(m[4])) for m in map(ROW.match, text.splitlines()) if m]
-    return label, points
+    if not model:
+        return path.stem, points_of(text)
+    label = f"LSTM {model[1]}, dropout {model[2]}"
+    recurrent = re.search(r"recurrent_dropout=([\d.]+)", text)
+    if recurrent and float(recurrent[1]):
+        label += f", recurrent {recurrent[1]}"
+    label += ", state carried" if "'carry_state': True" in text else ""
+    budget = re.search(r"'max_time': ([\d.]+)", text)
+    label += f" ({float(budget[1]) / 60:.0f}-min schedule)" if budget else ""
+    return label, points_of(text)
+
+
+def points_of(text: str) -> list[tuple[float, float]]:
+    return [(float(m[3]) / 60, float(m[4])) for m in map(ROW.match, text.splitlines()) if m]
 
 
 def main() -> None:

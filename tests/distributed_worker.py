@@ -1,9 +1,11 @@
 """One process of a data-parallel test run (started by test_distributed.py).
 
 Usage: python distributed_worker.py CORPUS OUT DUMP DEVICES [COORDINATOR NUM_PROCESSES ID]
-Trains a tiny model, then writes this process's final weights and the window starts it read.
+Trains a tiny model (with the state carried when LSTMGEN_TEST_CARRY=1), then writes this
+process's final weights and the window starts it read.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -33,6 +35,7 @@ def main() -> None:
     model = lstmgen.train(corpus, out=out, model=lstmgen.ModelConfig(units=16, embedding_dim=8),
                           batch_size=8, seq_len=16, max_steps=12, eval_every=6,
                           checkpoint_every=4, sample_length=0, seed=3, verbose=0,
+                          carry_state=os.environ.get("LSTMGEN_TEST_CARRY") == "1",
                           distributed=distributed)
     weights = model.lm.training_model.get_weights()
     np.savez(dump, weights=np.concatenate([np.asarray(w).ravel() for w in weights]),

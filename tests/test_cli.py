@@ -160,7 +160,7 @@ def test_sigkill_mid_training_loses_at_most_one_checkpoint_interval(tmp_path, sm
     out = tmp_path / "run"
     args = ["train", small_text, "--out", out, "--units", "32", "--embedding-dim", "16",
             "--batch-size", "8", "--seq-len", "32", "--epochs", "50", "--checkpoint-every",
-            "5", "--sample-length", "0", "-q"]
+            "5", "--sample-length", "0", "--carry-state", "-q"]
     proc = subprocess.Popen([sys.executable, "-m", "lstmgen.cli", *map(str, args)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = out / "checkpoints" / "last.weights.h5"
@@ -187,6 +187,9 @@ def test_sigkill_mid_training_loses_at_most_one_checkpoint_interval(tmp_path, sm
     assert state["step"] >= 15 and state["step"] % 5 == 0
     assert not list(out.rglob("*.tmp*")) or all(p.stat().st_size >= 0 for p in
                                                  out.rglob("*.tmp*"))
+    assert json.loads((out / "config.json").read_text())["train"]["carry_state"] is True
+    refused = run_cli("train", "--resume", out, "--no-carry-state", "-q")
+    assert refused.returncode == 1 and "cannot change carry_state" in refused.stderr
     result = run_cli("train", "--resume", out, "--max-steps", state["step"] + 5, "-q")
     assert result.returncode == 0, result.stderr
     assert lstmgen.load(out, checkpoint="last").state["step"] == state["step"] + 5

@@ -112,6 +112,26 @@ def test_shards_split_each_global_batch():
     assert (joined == whole[3][0]).all()
 
 
+def test_lanes_continue_each_row_where_the_previous_batch_stopped():
+    positions = np.arange(5_003)
+    ds = WindowDataset(positions, seq_len=10, batch_size=4, seed=1, epoch=0, lanes=True)
+    assert len(ds) == 5_002 // (10 * 4)
+    batches = [ds[i] for i in range(len(ds))]
+    for (x0, y0), (x1, _) in zip(batches, batches[1:]):
+        assert (y0 == x0 + 1).all()
+        assert (x1[:, 0] == y0[:, -1]).all()  # row i goes on with the next window of lane i
+    read = np.concatenate([x.ravel() for x, _ in batches])
+    assert len(np.unique(read)) == read.size == len(ds) * 4 * 10  # each token once per epoch
+    lane_starts = batches[0][0][:, 0]
+    assert (np.diff(lane_starts) == len(ds) * 10).all()
+    firsts = {int(WindowDataset(np.arange(5_039), seq_len=10, batch_size=4, seed=1, epoch=e,
+                                lanes=True)[0][0][0, 0]) for e in range(6)}
+    assert len(firsts) > 1 and max(firsts) <= 5_038 - 4 * 10 * 125  # epochs shift the lanes
+    halves = [WindowDataset(positions, seq_len=10, batch_size=4, seed=1, epoch=0, lanes=True,
+                            shard=(i, 2), first_batch=3)[0][0] for i in range(2)]
+    assert (np.concatenate(halves) == ds[3][0]).all()
+
+
 def test_reader_windows_equal_memory_map_windows(tmp_path, small_text):
     _, enc = encode_corpus(small_text, tmp_path, verbose=False)
     args = dict(seq_len=32, batch_size=8, seed=4, epoch=1)

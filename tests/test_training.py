@@ -69,11 +69,14 @@ class InterruptAt:
         return _Interrupt()
 
 
-def test_ctrl_c_then_resume_is_bit_identical_to_straight_training(tmp_path, small_text):
+@pytest.mark.parametrize("carry_state", [False, True])
+def test_ctrl_c_then_resume_is_bit_identical_to_straight_training(tmp_path, small_text,
+                                                                  carry_state):
     settings = dict(model=lstmgen.ModelConfig(units=32, embedding_dim=16, layers=2,
                                               dropout=0.2),
                     batch_size=8, seq_len=32, checkpoint_every=1000, sample_length=0,
-                    schedule="cosine", warmup_steps=5, epochs=3, verbose=0)
+                    schedule="cosine", warmup_steps=5, epochs=3, verbose=0,
+                    carry_state=carry_state)
     straight = tmp_path / "straight"
     lstmgen.train(small_text, out=straight, **settings)
     half = tmp_path / "half"
@@ -89,6 +92,19 @@ def test_ctrl_c_then_resume_is_bit_identical_to_straight_training(tmp_path, smal
         np.testing.assert_array_equal(a, b)
     rows = list(csv.DictReader(open(half / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == [epoch_steps, 2 * epoch_steps, 3 * epoch_steps]
+    if carry_state:  # the carried states were saved with the checkpoint and restored
+        import h5py
+
+        with h5py.File(half / "checkpoints" / "last.weights.h5") as f:
+            assert np.abs(f["layers/state_store/vars/0"][...]).sum() > 0
+        text = lstmgen.load(half).generate("The ", length=20, seed=1)[0]
+        assert len(text) >= 20
+
+
+def test_runs_saved_before_carry_state_existed_resume_without_it():
+    assert lstmgen.TrainConfig().carry_state is True
+    assert lstmgen.TrainConfig.from_dict({"batch_size": 8}).carry_state is False
+    assert lstmgen.TrainConfig.from_dict(lstmgen.TrainConfig().to_dict()) == lstmgen.TrainConfig()
 
 
 def test_bad_settings_are_one_line_errors(tmp_path, small_text):
@@ -96,6 +112,8 @@ def test_bad_settings_are_one_line_errors(tmp_path, small_text):
         lstmgen.train(small_text, out=tmp_path / "a", batch_size=0)
     with pytest.raises(LstmgenError, match="seq-len must be a positive integer"):
         lstmgen.train(small_text, out=tmp_path / "a", seq_len=-5)
+    with pytest.raises(LstmgenError, match="carry-state must be true or false"):
+        lstmgen.train(small_text, out=tmp_path / "a", carry_state="yes")
     with pytest.raises(LstmgenError, match="units must be a positive integer"):
         lstmgen.train(small_text, out=tmp_path / "a", model=lstmgen.ModelConfig(units=0))
     with pytest.raises(LstmgenError, match="fewer than one sequence"):

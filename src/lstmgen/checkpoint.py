@@ -28,7 +28,7 @@ def save_checkpoint(model, path: str | os.PathLike, state: dict) -> None:
             group = f.require_group(STATE_GROUP)
             group.attrs["state"] = json.dumps(state)
             rng = group.require_group("non_trainable")
-            for i, v in enumerate(model.non_trainable_variables):
+            for i, v in enumerate(_rng_states(model)):
                 rng.create_dataset(str(i), data=np.asarray(v.value))
 
 
@@ -76,8 +76,15 @@ def _load_non_trainable(model, path) -> None:
         saved = f[STATE_GROUP].get("non_trainable")
         if saved is None:
             return
-        variables = model.non_trainable_variables
+        variables = _rng_states(model)
         if len(saved) != len(variables):
             raise ValueError("non-trainable state does not match the model")
         for i, v in enumerate(variables):
             v.assign(np.asarray(saved[str(i)]))
+
+
+def _rng_states(model) -> list:
+    """The dropout layers' random-generator states. Other non-trainable variables (the
+    carried training states) are saved by Keras with their layer, so a checkpoint of either
+    training model loads into the plain one."""
+    return [v for v in model.non_trainable_variables if v.name == "seed_generator_state"]

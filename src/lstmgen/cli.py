@@ -34,11 +34,11 @@ EXAMPLES = {
   lstmgen serve runs/books --host 0.0.0.0 --port 9000""",
 }
 
-MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "cell")
+MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "recurrent_dropout", "cell")
 TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
               "max_time", "schedule", "warmup_steps", "val_fraction", "val_tokens",
               "eval_every", "checkpoint_every", "early_stopping", "sample_length", "seed",
-              "tensorboard", "encoding_errors")
+              "carry_state", "tensorboard", "encoding_errors")
 
 
 def _positive_int(text: str) -> int:
@@ -83,6 +83,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--layers", type=_positive_int, help="recurrent layers (1)")
     m.add_argument("--dropout", type=float,
                    help="dropout into each layer after the first and into the output (0.3)")
+    m.add_argument("--recurrent-dropout", type=float,
+                   help="dropout on the recurrent state, one mask per sequence (0)")
     m.add_argument("--cell", choices=("lstm", "gru"), help="recurrent cell (lstm)")
     t = p.add_argument_group("training")
     t.add_argument("--tokenizer", choices=("char", "word", "bpe"), default=None,
@@ -100,6 +102,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="learning-rate schedule (cosine)")
     t.add_argument("--warmup-steps", type=_nonneg_int,
                    help="linear warm-up steps of the cosine schedule (100)")
+    t.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,
+                   help="carry the LSTM state from batch to batch along contiguous lanes of "
+                   "the text (truncated BPTT; the default), or start each randomly drawn "
+                   "window from zeros (--no-carry-state)")
     t.add_argument("--val", nargs="+", default=None, metavar="PATH",
                    help="validation corpus (default: the last --val-fraction of the text)")
     t.add_argument("--val-fraction", type=float, help="held-out share of the text (0.05)")
@@ -305,7 +311,9 @@ def cmd_info(args) -> None:
     corpus = info["corpus"]
     print(f"run             {info['run']} (lstmgen {info['lstmgen_version']})")
     print(f"model           {model['layers']} x {model['cell'].upper()} {model['units']}, "
-          f"embedding {model['embedding_dim']}, dropout {model['dropout']}")
+          f"embedding {model['embedding_dim']}, dropout {model['dropout']}"
+          + (f", recurrent dropout {model['recurrent_dropout']}"
+             if model.get("recurrent_dropout") else ""))
     print(f"parameters      {info['parameters']:,}")
     print(f"tokenizer       {info['tokenizer']}, vocabulary {info['vocab_size']:,}")
     print(f"corpus          {', '.join(corpus.get('sources', [])) or '?'} "

@@ -285,18 +285,30 @@ class WindowOrder:
     """Which window each batch row reads, as a pure function of (seed, epoch, batch index).
 
     The training split is cut into ``n_windows`` non-overlapping windows of ``seq_len + 1``
-    tokens, starting at a random shift in each epoch; windows are visited in a random affine
-    permutation ``i -> (a*i + c) mod n`` — O(1) memory, so an epoch over a 50 GB corpus costs
-    no more RAM than one over a book, and a resumed run reads exactly the batches it would have.
+    tokens, starting at a random shift in each epoch. By default windows are visited in a
+    random affine permutation ``i -> (a*i + c) mod n`` — O(1) memory, so an epoch over a 50 GB
+    corpus costs no more RAM than one over a book, and a resumed run reads exactly the batches
+    it would have. With ``lanes=True`` (training with the state carried, see
+    :mod:`lstmgen.carried_state`) the split is cut into ``batch_size`` contiguous lanes instead
+    and row ``i`` of batch ``b`` reads window ``b`` of lane ``i``: each row continues the text
+    where the same row of the previous batch stopped.
+
+    Example:
+        >>> order = WindowOrder(n_tokens=1001, seq_len=10, batch_size=4, seed=0, lanes=True)
+        >>> order.batches_per_epoch, order.starts(0, 1) - order.starts(0, 0)
+        (25, array([10, 10, 10, 10]))
     """
 
-    def __init__(self, n_tokens: int, seq_len: int, batch_size: int, seed: int):
+    def __init__(self, n_tokens: int, seq_len: int, batch_size: int, seed: int,
+                 lanes: bool = False):
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.seed = seed
+        self.lanes = lanes
         self.n_windows = (n_tokens - 1) // seq_len
-        self.slack = (n_tokens - 1) - self.n_windows * seq_len
         self.batches_per_epoch = self.n_windows // batch_size
+        used = (self.batches_per_epoch * batch_size if lanes else self.n_windows) * seq_len
+        self.slack = (n_tokens - 1) - used
 
     def _epoch_params(self, epoch: int) -> tuple[int, int, int]:
         rng = np.random.default_rng([self.seed, epoch])
@@ -312,6 +324,10 @@ class WindowOrder:
     def starts(self, epoch: int, batch: int) -> np.ndarray:
         """Start offsets (into the split) of the windows of one global batch."""
         shift, a, c = self._epoch_params(epoch)
+        if self.lanes:
+            lane_length = self.batches_per_epoch * self.seq_len
+            lanes = np.arange(self.batch_size, dtype=np.int64)
+            return shift + lanes * lane_length + batch * self.seq_len
         rows = np.arange(batch * self.batch_size, (batch + 1) * self.batch_size, dtype=np.int64)
         windows = (a * rows + c) % self.n_windows
         return shift + windows * self.seq_len
@@ -328,7 +344,8 @@ class WindowDataset(_keras_pydataset()):
 
     ``x[i, t]`` is token ``s_i + t`` and ``y[i, t]`` token ``s_i + t + 1``: every position
     predicts its next token. ``first_batch`` skips batches already trained (exact resume);
-    ``shard=(index, count)`` gives this process its slice of every global batch.
+    ``shard=(index, count)`` gives this process its slice of every global batch; ``lanes``
+reads contiguous lanes (see :class:`WindowOrder`).
 
     Example:
         >>> tokens = np.arange(1000, dtype=np.uint16)
@@ -349,10 +366,11 @@ class WindowDataset(_keras_pydataset()):
         first_batch: int = 0,
         num_batches: int | None = None,
         shard: tuple[int, int] = (0, 1),
+        lanes: bool = False,
     ):
         super().__init__(workers=1, use_multiprocessing=False)
         self.tokens = tokens
-        self.order = WindowOrder(len(tokens), seq_len, batch_size, seed)
+        self.order = WindowOrder(len(tokens), seq_len, batch_size, seed, lanes=lanes)
         self.epoch = epoch
         self.first_batch = first_batch
         total = self.order.batches_per_epoch

@@ -30,14 +30,18 @@ class ModelConfig:
     layers: int = 1
     dropout: float = 0.3
     cell: str = "lstm"
+    # Variational dropout on the recurrent state (one mask per sequence, Gal & Ghahramani).
+    recurrent_dropout: float = 0.0
 
     def validate(self) -> ModelConfig:
         for name in ("embedding_dim", "units", "layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise LstmgenError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise LstmgenError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "recurrent_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise LstmgenError(f"{name.replace('_', '-')} must be in [0, 1), got {value!r}")
         if self.cell not in CELLS:
             raise LstmgenError(f"unknown cell {self.cell!r}", hint="use lstm or gru")
         return self
@@ -86,7 +90,8 @@ class LanguageModel:
         rnn = keras.layers.LSTM if config.cell == "lstm" else keras.layers.GRU
         self.rnns = [
             rnn(config.units, return_sequences=True, return_state=True,
-                dropout=config.dropout if i > 0 else 0.0, name=f"{config.cell}_{i}",
+                dropout=config.dropout if i > 0 else 0.0,
+                recurrent_dropout=config.recurrent_dropout, name=f"{config.cell}_{i}",
                 **rnn_init)
             for i in range(config.layers)
         ]

@@ -68,6 +68,9 @@ class TrainConfig:
     early_stopping: int | None = None
     sample_length: int = 200
     seed: int = 0
+    # Carry the recurrent state from batch to batch along lanes of the text (truncated
+    # backpropagation through time; lstmgen.carried_state) instead of zeros per window.
+    carry_state: bool = True
     tensorboard: bool = False
     encoding_errors: str = "strict"
 
@@ -95,6 +98,8 @@ class TrainConfig:
             raise LstmgenError(f"warmup-steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.val_fraction < 1:
             raise LstmgenError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not isinstance(self.carry_state, bool):
+            raise LstmgenError(f"carry-state must be true or false, got {self.carry_state!r}")
         if self.sample_length < 0:
             raise LstmgenError(f"sample-length must be >= 0, got {self.sample_length}")
         return self
@@ -105,6 +110,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
+        data = {"carry_state": False, **data}  # runs saved before the setting did not carry
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -263,7 +269,7 @@ def _resume(out, config, overrides, verbose, callbacks, cluster) -> TrainedModel
     trainer = Trainer(run, lm, tokenizer, data, config, TrainingState(), verbose, callbacks,
                       cluster)
     if run.has_checkpoint("last"):
-        state = TrainingState.from_dict(load_checkpoint(lm.training_model,
+        state = TrainingState.from_dict(load_checkpoint(trainer.model,
                                                         run.checkpoint_path("last")))
         trainer.state = replace(state, finished=False, stop_reason=None)
         if verbose and cluster.is_chief:
@@ -309,7 +315,13 @@ class Trainer:
         self.config, self.state = config, state
         self.verbose = verbose if self.writes else 0
         self.order = WindowOrder(data.meta.n_train, config.seq_len, config.batch_size,
-                                 config.seed)
+                                 config.seed, lanes=config.carry_state)
+        if config.carry_state:
+            from lstmgen.carried_state import carried_training_model
+
+            self.model = carried_training_model(lm, config.batch_size)
+        else:
+            self.model = lm.training_model
         self.evaluator = Evaluator(lm, seq_len=config.seq_len)
         self.generator = None
         self.user_callbacks = list(callbacks or [])
@@ -342,14 +354,14 @@ class Trainer:
                 warmup_target=c.learning_rate if warmup else None,
                 warmup_steps=warmup,
             )
-        self.lm.training_model.compile(
+        self.model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=c.clipnorm),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
-        self.lm.training_model.optimizer.build(self.lm.training_model.trainable_variables)
+        self.model.optimizer.build(self.model.trainable_variables)
 
     def current_lr(self) -> float:
-        opt = self.lm.training_model.optimizer
+        opt = self.model.optimizer
         lr = opt.learning_rate
         return float(np.asarray(lr.value if hasattr(lr, "value") else lr))
 
@@ -369,12 +381,15 @@ class Trainer:
                     self.data.train_reader(), seq_len=c.seq_len, batch_size=c.batch_size,
                     seed=c.seed, epoch=s.epoch, first_batch=s.batch,
                     num_batches=self._batches_this_epoch(), shard=self.cluster.shard,
+                    lanes=c.carry_state,
                 )
+                if c.carry_state and s.batch == 0:
+                    self.model.state_store.reset()  # every lane starts from the top
                 if self.verbose:
                     print(f"epoch {s.epoch + 1}/{c.epochs}", flush=True)
                 if len(dataset):
                     # shuffle=False: the order is ours (WindowOrder), so resume can replay it.
-                    self.lm.training_model.fit(dataset, epochs=1, verbose=self.verbose,
+                    self.model.fit(dataset, epochs=1, verbose=self.verbose,
                                                shuffle=False,
                                                callbacks=callbacks)
                 if self._stop_agreed:
@@ -519,14 +534,12 @@ class Trainer:
     def save(self, which: str) -> None:
         self.state.elapsed = self.elapsed() if hasattr(self, "_clock") else self.state.elapsed
         if self.writes:
-            save_checkpoint(self.lm.training_model, self.run.checkpoint_path(which),
-                            asdict(self.state))
+            save_checkpoint(self.model, self.run.checkpoint_path(which), asdict(self.state))
             return
         # Reading distributed variables is a collective step: every process takes part, and
         # only the chief keeps the file.
         with tempfile.TemporaryDirectory() as scratch:
-            save_checkpoint(self.lm.training_model, Path(scratch) / "x.weights.h5",
-                            asdict(self.state))
+            save_checkpoint(self.model, Path(scratch) / "x.weights.h5", asdict(self.state))
 
     def read_metrics(self) -> list[dict]:
         if not self.run.metrics_path.is_file():
