@@ -59,6 +59,11 @@ def test_stream_blocks_join_to_generate():
     blocks = list(gen.stream("hear", length=40, seed=3))
     assert len(blocks) == 3  # 16 + 16 + 8
     assert "".join(b[0] for b in blocks) == gen.generate("hear", length=40, seed=3)[0]
+    # The seed alone decides the text, whatever the block size (the server streams in 64s).
+    texts = [gen.generate("hear", length=40, seed=3, temperature=1.5, num_samples=2,
+                          block=b) for b in (1, 7, 16, 64)]
+    assert all(t == texts[0] for t in texts)
+    assert len(list(gen.stream("hear", length=40, seed=3, block=7))) == 6
 
 
 def test_prime_edge_cases():
@@ -84,6 +89,7 @@ def test_top_k_one_is_greedy():
     ({"top_p": 1.5}, "top_p"),
     ({"top_k": -2}, "top_k"),
     ({"num_samples": 0}, "num_samples"),
+    ({"block": -3}, "block"),
 ])
 def test_bad_settings_are_errors(kwargs, message):
     gen, _, _ = make_generator(layers=1)

@@ -2,7 +2,11 @@
 
 The prime is fed through the step model once (a compiled scan over its tokens, padded to a
 power-of-two length so a handful of shapes cover every prime); then the sampling loop runs
-compiled in blocks of ``block`` tokens, so output can stream while the loop stays in XLA.
+compiled in blocks of ``block`` tokens, so output can stream while the loop stays in XLA. The
+next block is dispatched before the current one is decoded, so the Python side (decoding,
+printing) overlaps the compiled loop. Each call of a block has a fixed cost (about 2 ms at
+LSTM 512 on 2 CPU cores, ``bench/RESULTS.md``), hence 256 tokens per block by default; the
+server streams in blocks of 64 for finer-grained output and turn-taking.
 
 Generation is a JAX program (``jit``, ``lax.scan``), and the network's step is written in
 ``jax.numpy`` on the trained weights -- the maths of Keras' LSTM/GRU cells, held to the Keras
@@ -23,6 +27,7 @@ from lstmgen.model import ModelConfig
 from lstmgen.sampling import Sampling, filter_logits
 
 START_TEXT = "\n"
+BLOCK = 256  # tokens per compiled sampling call
 
 
 def prng_key(seed: int) -> np.ndarray:
@@ -119,7 +124,7 @@ class Generator:
         [5, 5]
     """
 
-    def __init__(self, config: ModelConfig, tokenizer, weights, block: int = 64):
+    def __init__(self, config: ModelConfig, tokenizer, weights, block: int = BLOCK):
         import jax
         import jax.numpy as jnp
         from jax.nn import sigmoid
@@ -173,12 +178,14 @@ class Generator:
             (states, logits), _ = jax.lax.scan(body, (states, logits), (tokens.T, mask.T))
             return states, logits
 
-        def sample(weights, states, logits, key, temperature, top_p, top_k, greedy, steps,
-                   nucleus):
+        def sample(weights, states, logits, key, offset, temperature, top_p, top_k, greedy,
+                   steps, nucleus):
             # Gumbel noise for the whole block at once: argmax(logits + noise) is a draw
-            # from softmax(logits), without a key split and RNG call inside every step.
-            key, sub = jax.random.split(key)
-            noise = jax.random.gumbel(sub, (steps, *logits.shape), logits.dtype)
+            # from softmax(logits), without an RNG call inside every step. The noise of token
+            # number p comes from fold_in(key, p): the same text for a seed whatever the block.
+            positions = offset + jnp.arange(steps, dtype=jnp.uint32)
+            noise = jax.vmap(lambda p: jax.random.gumbel(
+                jax.random.fold_in(key, p), logits.shape, logits.dtype))(positions)
 
             def body(carry, step_noise):
                 states, logits = carry
@@ -192,19 +199,19 @@ class Generator:
                 return (states, logits), token
 
             (states, logits), tokens = jax.lax.scan(body, (states, logits), noise)
-            return states, logits, key, tokens.T
+            return states, logits, tokens.T
 
         self._consume = jax.jit(consume)
         self._sample = jax.jit(sample,
                                static_argnames=("top_k", "greedy", "steps", "nucleus"))
 
     @classmethod
-    def from_model(cls, lm, tokenizer, block: int = 64) -> Generator:
+    def from_model(cls, lm, tokenizer, block: int = BLOCK) -> Generator:
         """A generator that always uses ``lm``'s current weights (e.g. while training)."""
         return cls(lm.config, tokenizer, lambda: model_weights(lm), block)
 
     @classmethod
-    def from_checkpoint(cls, path, config: ModelConfig, tokenizer, block: int = 64
+    def from_checkpoint(cls, path, config: ModelConfig, tokenizer, block: int = BLOCK
                         ) -> Generator:
         """A generator for the weights in a checkpoint file, read without Keras."""
         try:
@@ -279,9 +286,11 @@ class Generator:
         top_p: float = 1.0,
         seed: int | None = None,
         num_samples: int = 1,
+        block: int | None = None,
     ) -> Iterator[list[str]]:
         """Yield, block by block, the new text of each sample (a list of ``num_samples``
-        strings per block). ``prime`` may be one text for all samples or one per sample."""
+        strings per block). ``prime`` may be one text for all samples or one per sample;
+        ``block`` tokens per block (default: the generator's)."""
         weights = self._weights()
         sampling = Sampling(temperature, top_k, top_p).validate(weights["head"].shape[1])
         if not isinstance(length, int) or length < 0:
@@ -300,17 +309,27 @@ class Generator:
         encoded = [self.encode_prime(p) for p in primes]
         states, logits = self.prime_states(encoded, weights)
         decoders = [self.tokenizer.stream_decoder() for _ in primes]
-        produced = 0
-        while produced < length:
-            states, logits, key, tokens = self._sample(
-                weights, states, logits, key, float(sampling.temperature),
+        block = self.block if block is None else block
+        if not isinstance(block, int) or block < 1:
+            raise LstmgenError(f"block must be a positive integer, got {block!r}")
+
+        def dispatch(states, logits, offset):  # returns at once: JAX runs it meanwhile
+            return self._sample(
+                weights, states, logits, key, np.uint32(offset), float(sampling.temperature),
                 float(sampling.top_p), top_k=sampling.top_k, greedy=sampling.greedy,
-                steps=self.block, nucleus=sampling.top_p < 1.0,
+                steps=block, nucleus=sampling.top_p < 1.0,
             )
-            take = min(self.block, length - produced)
-            block = np.asarray(tokens)[:, :take]
+
+        produced = 0
+        pending = dispatch(states, logits, 0) if length else None
+        while produced < length:
+            states, logits, tokens = pending
+            take = min(block, length - produced)
             produced += take
-            yield ["".join(d.feed(int(t)) for t in row) for d, row in zip(decoders, block)]
+            if produced < length:
+                pending = dispatch(states, logits, produced)
+            rows = np.asarray(tokens)[:, :take]
+            yield ["".join(d.feed(int(t)) for t in row) for d, row in zip(decoders, rows)]
         tails = [d.flush() for d in decoders]
         if any(tails):
             yield tails

@@ -34,6 +34,7 @@ from lstmgen.run import TrainedModel, load
 from lstmgen.sampling import Sampling
 
 MAX_SEED = 2**32 - 1
+STREAM_BLOCK = 64  # tokens per step of a batch: text arrives in small pieces, batches alternate
 _DONE = object()
 
 
@@ -81,6 +82,7 @@ class _Batch:
         self._blocks = generator.stream(
             primes, first.length, temperature=first.sampling.temperature,
             top_k=first.sampling.top_k, top_p=first.sampling.top_p, seed=first.seed,
+            block=STREAM_BLOCK,
         )
 
     def step(self) -> bool:
@@ -194,7 +196,7 @@ class BatchScheduler:
         of that size does not wait for XLA."""
         size = self._to_warm.pop(0)
         try:
-            generator.generate([""] * size, 1, seed=0)
+            generator.generate([""] * size, 1, seed=0, block=STREAM_BLOCK)
         except Exception as e:  # noqa: BLE001 - a failed warm-up only costs time later
             warnings.warn(f"warming up batch size {size} failed: {e}", stacklevel=1)
         finally:
