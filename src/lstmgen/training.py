@@ -389,9 +389,8 @@ class Trainer:
                     print(f"epoch {s.epoch + 1}/{c.epochs}", flush=True)
                 if len(dataset):
                     # shuffle=False: the order is ours (WindowOrder), so resume can replay it.
-                    self.model.fit(dataset, epochs=1, verbose=self.verbose,
-                                               shuffle=False,
-                                               callbacks=callbacks)
+                    self.model.fit(dataset, epochs=1, verbose=self.verbose, shuffle=False,
+                                   callbacks=callbacks)
                 if self._stop_agreed:
                     break
                 s.epoch, s.batch = s.epoch + 1, 0
