@@ -85,13 +85,7 @@ def carried_training_model(lm, batch_size: int) -> keras.Model:
     """
     store = StateStore(batch_size, lm.config.units, lm.num_states)
     tokens = keras.Input((None,), batch_size=batch_size, dtype="int32", name="tokens")
-    states = store(tokens)
-    k = lm.config.states_per_layer
-    x, final = lm.embedding(tokens), []
-    for i, rnn in enumerate(lm.rnns):
-        x, *carried = rnn(x, initial_state=states[k * i : k * i + k])
-        final += carried
-    logits = lm.head(lm.output_dropout(x))
+    logits, final = lm.apply_from(tokens, store(tokens))
     logits = store([logits, *final])
     model = keras.Model(tokens, logits, name="lstmgen_carried")
     model.state_store = store

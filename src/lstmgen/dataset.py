@@ -345,7 +345,7 @@ class WindowDataset(_keras_pydataset()):
     ``x[i, t]`` is token ``s_i + t`` and ``y[i, t]`` token ``s_i + t + 1``: every position
     predicts its next token. ``first_batch`` skips batches already trained (exact resume);
     ``shard=(index, count)`` gives this process its slice of every global batch; ``lanes``
-reads contiguous lanes (see :class:`WindowOrder`).
+    reads contiguous lanes (see :class:`WindowOrder`).
 
     Example:
         >>> tokens = np.arange(1000, dtype=np.uint16)

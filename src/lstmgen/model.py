@@ -124,15 +124,20 @@ class LanguageModel:
             tokens = keras.Input((None,), dtype="int32", name="tokens")
             states = [keras.Input((self.config.units,), name=f"state_{i}")
                       for i in range(self.num_states)]
-            k = self.config.states_per_layer
-            x, out_states = self.embedding(tokens), []
-            for i, rnn in enumerate(self.rnns):
-                x, *carried = rnn(x, initial_state=states[k * i : k * i + k])
-                out_states += carried
-            self._stateful_model = keras.Model(
-                [tokens, *states], [self.head(self.output_dropout(x)), *out_states],
-                name="lstmgen_stateful")
+            logits, final = self.apply_from(tokens, states)
+            self._stateful_model = keras.Model([tokens, *states], [logits, *final],
+                                               name="lstmgen_stateful")
         return self._stateful_model
+
+    def apply_from(self, tokens, states: list) -> tuple:
+        """The layers on ``tokens`` from initial ``states`` (per layer: h, c for an LSTM);
+        returns the logits and the final states."""
+        k = self.config.states_per_layer
+        x, final = self.embedding(tokens), []
+        for i, rnn in enumerate(self.rnns):
+            x, *carried = rnn(x, initial_state=states[k * i : k * i + k])
+            final += carried
+        return self.head(self.output_dropout(x)), final
 
     @property
     def num_states(self) -> int:
