@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -32,6 +33,35 @@ def tiny_shakespeare() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def lstm_layer(stock: bool):
+    """Build lstmgen's models with Keras's own ``keras.layers.LSTM`` when ``stock``, instead
+    of :class:`lstmgen.layers.FusedLSTM` (the default): the same weights, the stock loop."""
+    import keras
+
+    import lstmgen.layers
+
+    fused = lstmgen.layers.FusedLSTM
+    if stock:
+        lstmgen.layers.FusedLSTM = keras.layers.LSTM
+    try:
+        yield
+    finally:
+        lstmgen.layers.FusedLSTM = fused
+
+
+def hugepages(enabled: bool) -> None:
+    """Run this benchmark as the CLI's ``train`` runs: started again with huge pages for
+    XLA's buffers when ``enabled`` (see :mod:`lstmgen.hugepages`); the setting is printed by
+    :func:`header`."""
+    if enabled:
+        from lstmgen.hugepages import restart_with_hugepages
+
+        restart_with_hugepages()
+    else:
+        os.environ["LSTMGEN_HUGEPAGES"] = "0"
+
+
 def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
@@ -42,7 +72,17 @@ def header(title: str) -> None:
 
     print(f"== {title}")
     print(f"python {platform.python_version()}, numpy {numpy.__version__}, "
-          f"{os.cpu_count()} CPUs, {platform.machine()}; {load()}", flush=True)
+          f"{os.cpu_count()} CPUs, {platform.machine()} ({cpu_model()}); {load()}")
+    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}", flush=True)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return names[0] if names else platform.processor()
+    except OSError:
+        return platform.processor()
 
 
 def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:

@@ -3,10 +3,10 @@ PyTorch on the same GPU. A few minutes on one GPU; on a machine without one it s
 exits (0).
 
 Training: Embedding 128 -> LSTM H -> Dense 65, batch 64 x seq 128, H = 512 and 1024 (and a
-larger batch of 256): lstmgen's model with the stock ``keras.layers.LSTM`` (cuDNN through
-``jax.experimental.rnn`` when Keras can use it), with :class:`lstmgen.layers.FusedLSTM`, and
-``torch.nn.LSTM`` (cuDNN). Generation: lstmgen's ``Generator`` vs a plain PyTorch sampling
-loop (one ``nn.LSTM`` step per token), 1 and 64 streams.
+larger batch of 256): lstmgen's model (:class:`lstmgen.layers.FusedLSTM`, which leaves a GPU
+to Keras's cuDNN path through ``jax.experimental.rnn``), the same model with Keras's own
+``keras.layers.LSTM``, and ``torch.nn.LSTM`` (cuDNN). Generation: lstmgen's ``Generator`` vs
+a plain PyTorch sampling loop (one ``nn.LSTM`` step per token), 1 and 64 streams.
 
 Needs ``jax[cuda12]`` (or the CUDA build that matches the machine) and a CUDA build of torch.
 
@@ -51,15 +51,14 @@ def timed(step, repeats: int, sync) -> float:
     return statistics.median(times)
 
 
-def keras_train_step(units: int, batch: int, fused: bool):
+def keras_train_step(units: int, batch: int, stock: bool):
     import keras
     import numpy as np
-    from bench_training import lstm_class
+    from _common import lstm_layer
 
-    from lstmgen.layers import FusedLSTM
     from lstmgen.model import LanguageModel, ModelConfig
 
-    with lstm_class(FusedLSTM if fused else keras.layers.LSTM):
+    with lstm_layer(stock):
         lm = LanguageModel(ModelConfig(embedding_dim=EMBED, units=units), VOCAB)
     model = lm.training_model
     model.compile(optimizer=keras.optimizers.Adam(3e-3, clipnorm=5.0),
@@ -150,25 +149,25 @@ def main() -> None:
         return jax.block_until_ready(value)
 
     print(f"\ntraining, seq {SEQ}:")
-    print(f"{'H':>5s} {'batch':>5s} {'impl':6s} {'ms/step':>8s} {'tokens/s':>11s} "
+    print(f"{'H':>5s} {'batch':>5s} {'impl':7s} {'ms/step':>8s} {'tokens/s':>11s} "
           f"{'TFLOP/s':>8s}")
     for units in units_list:
         flops = 6 * (4 * units * (EMBED + units) + units * VOCAB)
         for batch in batches:
             times = {
-                "keras": timed(keras_train_step(units, batch, False), repeats, jax_sync),
-                "fused": timed(keras_train_step(units, batch, True), repeats, jax_sync),
+                "lstmgen": timed(keras_train_step(units, batch, False), repeats, jax_sync),
+                "stock": timed(keras_train_step(units, batch, True), repeats, jax_sync),
             }
             if torch is not None:
                 times["torch"] = timed(TorchLM(units, device).train_step(batch), repeats,
                                        torch_sync)
             for name, seconds in times.items():
                 tokens = batch * SEQ / seconds
-                print(f"{units:5d} {batch:5d} {name:6s} {seconds * 1e3:8.1f} {tokens:11,.0f} "
+                print(f"{units:5d} {batch:5d} {name:7s} {seconds * 1e3:8.1f} {tokens:11,.0f} "
                       f"{tokens * flops / 1e12:8.2f}", flush=True)
             if "torch" in times:
-                print(f"      keras/torch {times['torch'] / times['keras']:.2f}x, "
-                      f"fused/torch {times['torch'] / times['fused']:.2f}x")
+                print(f"      lstmgen/torch {times['torch'] / times['lstmgen']:.2f}x, "
+                      f"stock/torch {times['torch'] / times['stock']:.2f}x")
 
     from bench_generation import make_run
 

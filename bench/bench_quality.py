@@ -11,13 +11,13 @@ issue's targets are <= 1.50 at 10 min and <= 1.45 at 30 min.
     python bench/bench_quality.py --budget 1800        # the 30-minute target
     python bench/bench_quality.py --quick              # 90 s, a smoke run
     python bench/bench_quality.py --no-carry-state     # each window from a zero state
-    python bench/bench_quality.py --units 1024 --fused # other configs; --help for all
+    python bench/bench_quality.py --stock-lstm         # Keras's own LSTM layer
+    python bench/bench_quality.py --units 1024         # other configs; --help for all
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import os
 import shutil
@@ -27,35 +27,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, load, median_time, tiny_shakespeare  # noqa: E402
+from _common import header, hugepages, load, lstm_layer, median_time, tiny_shakespeare  # noqa: E402,E501
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 NANOGPT_CPU = [(120, 1.89), (500, 1.59)]  # (seconds, val loss), for orientation
 
 
-@contextlib.contextmanager
-def maybe_fused(enabled: bool):
-    """Build lstmgen's models with :class:`lstmgen.layers.FusedLSTM` when ``enabled``."""
-    import keras
-
-    from lstmgen.layers import FusedLSTM
-
-    stock = keras.layers.LSTM
-    if enabled:
-        keras.layers.LSTM = FusedLSTM
-    try:
-        yield
-    finally:
-        keras.layers.LSTM = stock
-
-
-def steps_per_second(model_config, batch: int, seq: int, fused: bool, vocab: int) -> float:
+def steps_per_second(model_config, batch: int, seq: int, stock: bool, vocab: int) -> float:
     import keras
     import numpy as np
 
     from lstmgen.model import LanguageModel
 
-    with maybe_fused(fused):
+    with lstm_layer(stock):
         lm = LanguageModel(model_config, vocab)
     lm.training_model.compile(optimizer=keras.optimizers.Adam(1e-3, clipnorm=5.0),
                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -87,9 +71,12 @@ def main() -> None:
     parser.add_argument("--evals", type=int, default=8, help="evaluations over the budget")
     parser.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,
                         help="carry the state from batch to batch (default: the CLI's)")
-    parser.add_argument("--fused", action="store_true",
-                        help="use lstmgen.layers.FusedLSTM (same weights, faster on CPU)")
+    parser.add_argument("--stock-lstm", action="store_true",
+                        help="Keras's own LSTM layer instead of lstmgen's FusedLSTM")
+    parser.add_argument("--hugepages", action=argparse.BooleanOptionalAction, default=True,
+                        help="huge pages for the large buffers, as `lstmgen train` (default)")
     args = parser.parse_args()
+    hugepages(args.hugepages)
     budget = 90.0 if args.quick else args.budget
 
     header("bench_quality: tiny-shakespeare validation loss vs wall-clock time")
@@ -104,7 +91,7 @@ def main() -> None:
         model = lstmgen.ModelConfig(embedding_dim=args.embedding_dim, units=args.units,
                                     layers=args.layers, dropout=args.dropout,
                                     recurrent_dropout=args.recurrent_dropout)
-        rate = steps_per_second(model, args.batch_size, args.seq_len, args.fused,
+        rate = steps_per_second(model, args.batch_size, args.seq_len, args.stock_lstm,
                                 vocab=len(set(text)))
         # Evaluations and compilation take time too; aim the schedule at 90% of the steps
         # the raw rate allows (max_time stops it in any case).
@@ -117,11 +104,11 @@ def main() -> None:
                       checkpoint_every=10**9, sample_length=0, val_tokens=10**7)
         config["carry_state"] = (lstmgen.TrainConfig().carry_state if args.carry_state is None
                                  else args.carry_state)
-        print(f"model {model}, fused={args.fused}\ntraining {config}\n"
+        print(f"model {model}, stock LSTM layer={args.stock_lstm}\ntraining {config}\n"
               f"measured {rate:.2f} steps/s ({rate * args.batch_size * args.seq_len:,.0f} "
               "tokens/s) before training", flush=True)
         started = time.perf_counter()
-        with maybe_fused(args.fused):
+        with lstm_layer(args.stock_lstm):
             trained = lstmgen.train(tmp / "train.txt", out=tmp / "run", val=tmp / "val.txt",
                                     model=model, verbose=0, **config)
         wall = time.perf_counter() - started

@@ -3,9 +3,9 @@
 Embedding 128 -> LSTM H -> Dense 65, batch 64 x seq 128, Adam with gradient clipping, for
 H in 256/512/1024. Measured in one process, one after the other, for each H:
 
-- ``keras``: lstmgen's ``LanguageModel`` (stock ``keras.layers.LSTM``), ``train_on_batch``;
-- ``fused``: the same model with :class:`lstmgen.layers.FusedLSTM` (input projection hoisted
-  out of the scan, custom gradient);
+- ``lstmgen``: lstmgen's ``LanguageModel`` (:class:`lstmgen.layers.FusedLSTM`: input
+  projection hoisted out of the scan, custom gradient), ``train_on_batch``;
+- ``stock``: the same model with Keras's own ``keras.layers.LSTM``;
 - ``torch`` / ``torch1``: ``nn.Embedding -> nn.LSTM -> nn.Linear`` on the CPU with all threads
   / one thread (skipped if torch is absent);
 - ``matmul``: a 4096^2 fp32 matrix product (JAX and torch), the practical peak of the machine.
@@ -16,12 +16,15 @@ as 6 * (4*H*(E+H) + H*V) (forward + backward of the matrix products).
     python bench/bench_training.py            # H = 256, 512, 1024
     python bench/bench_training.py --quick    # H = 256, 512; fewer repeats
     python bench/bench_training.py --quick --one-thread   # JAX and torch on one thread
+    python bench/bench_training.py --no-hugepages  # without glibc's huge pages (both sides)
+
+Like ``lstmgen train``, the script starts itself again with huge pages for the large
+buffers (``lstmgen.hugepages``); PyTorch, in the same process, gets them too.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, load, median_time  # noqa: E402
+from _common import header, hugepages, load, lstm_layer, median_time  # noqa: E402
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -40,27 +43,13 @@ def flops_per_token(units: int) -> int:
     return 6 * (4 * units * (EMBED + units) + units * VOCAB)
 
 
-@contextlib.contextmanager
-def lstm_class(cls):
-    """Build lstmgen models with ``cls`` in place of ``keras.layers.LSTM``."""
-    import keras
-
-    stock = keras.layers.LSTM
-    keras.layers.LSTM = cls
-    try:
-        yield
-    finally:
-        keras.layers.LSTM = stock
-
-
-def keras_step(units: int, fused: bool):
+def keras_step(units: int, stock: bool):
     import keras
     import numpy as np
 
-    from lstmgen.layers import FusedLSTM
     from lstmgen.model import LanguageModel, ModelConfig
 
-    with lstm_class(FusedLSTM if fused else keras.layers.LSTM):
+    with lstm_layer(stock):
         lm = LanguageModel(ModelConfig(embedding_dim=EMBED, units=units), VOCAB)
     model = lm.training_model
     model.compile(optimizer=keras.optimizers.Adam(3e-3, clipnorm=5.0),
@@ -142,7 +131,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--one-thread", action="store_true",
                         help="JAX and torch on one thread each (steadier on a loaded machine)")
+    parser.add_argument("--hugepages", action=argparse.BooleanOptionalAction, default=True,
+                        help="huge pages for the large buffers, as `lstmgen train` (default)")
     args = parser.parse_args()
+    hugepages(args.hugepages)
     if args.one_thread:  # before JAX starts
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    " --xla_cpu_multi_thread_eigen=false"
@@ -151,7 +143,7 @@ def main() -> None:
     units_list = args.units or ([256, 512] if args.quick else [256, 512, 1024])
     repeats = args.repeats or (3 if args.quick else 5)
 
-    header("bench_training: tokens/s, Keras (JAX) vs fused layer vs PyTorch")
+    header("bench_training: tokens/s, lstmgen (JAX) vs the stock Keras LSTM vs PyTorch")
     torch = _torch()
     if torch is None:
         print("torch not installed: the PyTorch column is skipped "
@@ -164,11 +156,11 @@ def main() -> None:
     best_peak = max(peak.values())
 
     rows = []
-    print(f"\n{'H':>5s} {'impl':6s} {'s/step':>7s} {'tokens/s':>9s} {'GFLOP/s':>8s} "
+    print(f"\n{'H':>5s} {'impl':7s} {'s/step':>7s} {'tokens/s':>9s} {'GFLOP/s':>8s} "
           f"{'% peak':>7s}")
     for units in units_list:
-        candidates = [("keras", lambda u=units: keras_step(u, fused=False)),
-                      ("fused", lambda u=units: keras_step(u, fused=True))]
+        candidates = [("lstmgen", lambda u=units: keras_step(u, stock=False)),
+                      ("stock", lambda u=units: keras_step(u, stock=True))]
         if torch is not None:
             # Under load, two spinning OpenMP threads can be far slower than one: show both.
             candidates.append(("torch", lambda u=units: torch_step(u, _threads())))
@@ -188,18 +180,18 @@ def main() -> None:
         for name, seconds in times.items():
             tokens = BATCH * SEQ / seconds
             gflops = tokens * flops_per_token(units) / 1e9
-            print(f"{units:5d} {name:6s} {seconds:7.3f} {tokens:9,.0f} {gflops:8.1f} "
+            print(f"{units:5d} {name:7s} {seconds:7.3f} {tokens:9,.0f} {gflops:8.1f} "
                   f"{100 * gflops / best_peak:6.1f}%", flush=True)
         del steps
         rows.append((units, times))
 
     print("\nratios (speed-up, higher is faster):")
     for units, t in rows:
-        parts = [f"fused/keras {t['keras'] / t['fused']:.2f}x"]
+        parts = [f"lstmgen/stock {t['stock'] / t['lstmgen']:.2f}x"]
         if "torch" in t:
             best = min(t["torch"], t.get("torch1", t["torch"]))
-            parts += [f"keras/torch(best of 1 or all threads) {best / t['keras']:.2f}x",
-                      f"fused/torch(best) {best / t['fused']:.2f}x"]
+            parts += [f"lstmgen/torch(best of 1 or all threads) {best / t['lstmgen']:.2f}x",
+                      f"stock/torch(best) {best / t['stock']:.2f}x"]
         print(f"  H={units}: " + ", ".join(parts))
     print(f"\nend: {load()}")
 

@@ -418,8 +418,16 @@ def main(argv: list[str] | None = None, fresh_process: bool = False) -> int:
     return 0
 
 
+# Commands that train or evaluate: they run again with huge pages for XLA's buffers.
+HUGEPAGE_COMMANDS = ("train", "evaluate", "demo")
+
+
 def entry_point() -> None:
     """The ``lstmgen`` console script."""
+    if len(sys.argv) > 1 and sys.argv[1] in HUGEPAGE_COMMANDS:
+        from lstmgen.hugepages import restart_with_hugepages
+
+        restart_with_hugepages()
     sys.exit(main(fresh_process=True))
 
 

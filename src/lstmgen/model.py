@@ -87,7 +87,9 @@ class LanguageModel:
         self.embedding = keras.layers.Embedding(
             vocab_size, config.embedding_dim, name="embedding",
             **({} if initialize else {"embeddings_initializer": _host_zeros}))
-        rnn = keras.layers.LSTM if config.cell == "lstm" else keras.layers.GRU
+        from lstmgen.layers import FusedLSTM
+
+        rnn = FusedLSTM if config.cell == "lstm" else keras.layers.GRU
         self.rnns = [
             rnn(config.units, return_sequences=True, return_state=True,
                 dropout=config.dropout if i > 0 else 0.0,

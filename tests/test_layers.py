@@ -1,0 +1,112 @@
+"""FusedLSTM must be the stock Keras LSTM to float32 rounding: outputs, states, every
+gradient, the dropout masks; and fall back to the stock loop where it does not apply."""
+
+import jax
+import keras
+import numpy as np
+import pytest
+
+from lstmgen.layers import FusedLSTM
+from lstmgen.model import LanguageModel, ModelConfig
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(3, 7, 5)).astype("float32")
+H0 = RNG.normal(size=(3, 4)).astype("float32")
+C0 = RNG.normal(size=(3, 4)).astype("float32")
+
+
+def pair(weights_seed=1, **kwargs):
+    """A stock LSTM and a FusedLSTM built alike, with the same (random) weights."""
+    rng = np.random.default_rng(weights_seed)
+    stock = keras.layers.LSTM(4, return_sequences=True, return_state=True, **kwargs)
+    fused = FusedLSTM(4, return_sequences=True, return_state=True, **kwargs)
+    stock(X), fused(X)
+    # Random biases too (the stock initialiser sets only the forget gate's).
+    fused.set_weights([w + rng.normal(size=w.shape).astype("float32") * 0.3
+                       for w in stock.get_weights()])
+    stock.set_weights(fused.get_weights())
+    return stock, fused
+
+
+def loss_and_grads(layer, x, h0, c0):
+    """A scalar of every output, and its gradient w.r.t. the weights, inputs and states."""
+    trainable = [v.value for v in layer.trainable_variables]
+    others = [v.value for v in layer.non_trainable_variables]
+
+    def loss(trainable, x, h0, c0):
+        (seq, h, c), _ = layer.stateless_call(trainable, others, x, initial_state=[h0, c0])
+        weights = np.linspace(-1, 1, seq.size, dtype="float32").reshape(seq.shape)
+        return (seq * weights).sum() + (h**2).sum() + (c * 0.5).sum()
+
+    return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(trainable, x, h0, c0)
+
+
+def test_outputs_and_states_equal_the_stock_layer():
+    stock, fused = pair()
+    for a, b in zip(stock(X, initial_state=[H0, C0]), fused(X, initial_state=[H0, C0])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    last = FusedLSTM(4)
+    last(X)
+    last.set_weights(fused.get_weights())
+    np.testing.assert_allclose(np.asarray(last(X)), np.asarray(fused(X)[1]), atol=1e-6)
+
+
+def test_gradients_equal_the_stock_layer():
+    stock, fused = pair()
+    loss_s, grads_s = loss_and_grads(stock, X, H0, C0)
+    loss_f, grads_f = loss_and_grads(fused, X, H0, C0)
+    np.testing.assert_allclose(float(loss_f), float(loss_s), rtol=1e-5)
+    flat_s, flat_f = jax.tree.leaves(grads_s), jax.tree.leaves(grads_f)
+    assert len(flat_s) == len(flat_f) == 6  # kernel, recurrent kernel, bias, x, h0, c0
+    for a, b in zip(flat_s, flat_f):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
+
+
+def test_input_dropout_uses_the_stock_layers_mask():
+    stock, fused = pair(dropout=0.5, seed=3)
+    a, b = (np.asarray(layer(X, training=True)[0]) for layer in (stock, fused))
+    np.testing.assert_allclose(b, a, atol=1e-5)
+    assert not np.allclose(b, np.asarray(fused(X)[0]), atol=1e-3)  # the mask did something
+
+
+def test_falls_back_to_the_stock_loop_where_it_does_not_apply():
+    stock, fused = pair(recurrent_dropout=0.5, seed=5)
+    a, b = (np.asarray(layer(X, training=True)[0]) for layer in (stock, fused))
+    np.testing.assert_allclose(b, a, atol=1e-5)
+    assert not fused._fusable(None)
+    mask = np.ones((3, 7), bool)
+    mask[0, 5:] = False
+    stock, fused = pair()
+    np.testing.assert_allclose(np.asarray(fused(X, mask=mask)[0]),
+                               np.asarray(stock(X, mask=mask)[0]), atol=1e-5)
+
+
+def test_the_language_model_trains_as_with_the_stock_layer(monkeypatch):
+    config = ModelConfig(units=16, embedding_dim=8, layers=2, dropout=0.0)
+    fused = LanguageModel(config, vocab_size=30)
+    assert all(type(rnn) is FusedLSTM for rnn in fused.rnns)
+    gru = LanguageModel(ModelConfig(units=16, embedding_dim=8, cell="gru"), vocab_size=30)
+    assert type(gru.rnns[0]) is keras.layers.GRU
+    monkeypatch.setattr("lstmgen.layers.FusedLSTM", keras.layers.LSTM)
+    stock = LanguageModel(config, vocab_size=30)
+    assert type(stock.rnns[0]) is keras.layers.LSTM
+    stock.training_model.set_weights(fused.training_model.get_weights())
+    x = (np.arange(12)[None] + np.arange(4)[:, None] * 7) % 30  # next token: +1
+    losses = []
+    for lm in (stock, fused):
+        model = lm.training_model
+        model.compile(optimizer=keras.optimizers.Adam(3e-2),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        losses.append([float(model.train_on_batch(x, np.roll(x, -1, axis=1)))
+                       for _ in range(25)])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    assert losses[1][-1] < 0.5 * losses[1][0]
+
+
+@pytest.mark.parametrize("units", [1, 33])
+def test_odd_sizes(units):
+    stock = keras.layers.LSTM(units, return_sequences=True)
+    fused = FusedLSTM(units, return_sequences=True)
+    stock(X), fused(X)
+    fused.set_weights(stock.get_weights())
+    np.testing.assert_allclose(np.asarray(fused(X)), np.asarray(stock(X)), atol=1e-5)
