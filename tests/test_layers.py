@@ -28,13 +28,14 @@ def pair(weights_seed=1, **kwargs):
     return stock, fused
 
 
-def loss_and_grads(layer, x, h0, c0):
+def loss_and_grads(layer, x, h0, c0, training=False):
     """A scalar of every output, and its gradient w.r.t. the weights, inputs and states."""
     trainable = [v.value for v in layer.trainable_variables]
     others = [v.value for v in layer.non_trainable_variables]
 
     def loss(trainable, x, h0, c0):
-        (seq, h, c), _ = layer.stateless_call(trainable, others, x, initial_state=[h0, c0])
+        (seq, h, c), _ = layer.stateless_call(trainable, others, x, initial_state=[h0, c0],
+                                              training=training)
         weights = np.linspace(-1, 1, seq.size, dtype="float32").reshape(seq.shape)
         return (seq * weights).sum() + (h**2).sum() + (c * 0.5).sum()
 
@@ -51,34 +52,45 @@ def test_outputs_and_states_equal_the_stock_layer():
     np.testing.assert_allclose(np.asarray(last(X)), np.asarray(fused(X)[1]), atol=1e-6)
 
 
-def test_gradients_equal_the_stock_layer():
-    stock, fused = pair()
-    loss_s, grads_s = loss_and_grads(stock, X, H0, C0)
-    loss_f, grads_f = loss_and_grads(fused, X, H0, C0)
+@pytest.mark.parametrize("dropouts", [{}, {"dropout": 0.5}, {"recurrent_dropout": 0.4},
+                                      {"dropout": 0.3, "recurrent_dropout": 0.4}])
+def test_gradients_equal_the_stock_layer(dropouts):
+    stock, fused = pair(seed=11, **dropouts)
+    assert fused._fusable(None)
+    training = bool(dropouts)  # with the same seed, the same masks
+    loss_s, grads_s = loss_and_grads(stock, X, H0, C0, training)
+    loss_f, grads_f = loss_and_grads(fused, X, H0, C0, training)
     np.testing.assert_allclose(float(loss_f), float(loss_s), rtol=1e-5)
+    if training:
+        plain, _ = loss_and_grads(fused, X, H0, C0)
+        assert not np.isclose(float(loss_f), float(plain), rtol=1e-3)  # the masks did work
     flat_s, flat_f = jax.tree.leaves(grads_s), jax.tree.leaves(grads_f)
     assert len(flat_s) == len(flat_f) == 6  # kernel, recurrent kernel, bias, x, h0, c0
     for a, b in zip(flat_s, flat_f):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
 
 
-def test_input_dropout_uses_the_stock_layers_mask():
-    stock, fused = pair(dropout=0.5, seed=3)
+@pytest.mark.parametrize("dropouts", [{"dropout": 0.5}, {"recurrent_dropout": 0.5},
+                                      {"dropout": 0.5, "recurrent_dropout": 0.5}])
+def test_dropout_uses_the_stock_layers_masks(dropouts):
+    stock, fused = pair(seed=3, **dropouts)
     a, b = (np.asarray(layer(X, training=True)[0]) for layer in (stock, fused))
     np.testing.assert_allclose(b, a, atol=1e-5)
-    assert not np.allclose(b, np.asarray(fused(X)[0]), atol=1e-3)  # the mask did something
+    again = np.asarray(fused(X, training=True)[0])
+    assert not np.allclose(again, b, atol=1e-3)  # a fresh mask per call
+    assert not np.allclose(b, np.asarray(fused(X)[0]), atol=1e-3)  # none at inference
 
 
 def test_falls_back_to_the_stock_loop_where_it_does_not_apply():
-    stock, fused = pair(recurrent_dropout=0.5, seed=5)
-    a, b = (np.asarray(layer(X, training=True)[0]) for layer in (stock, fused))
-    np.testing.assert_allclose(b, a, atol=1e-5)
-    assert not fused._fusable(None)
     mask = np.ones((3, 7), bool)
     mask[0, 5:] = False
     stock, fused = pair()
+    assert not fused._fusable(mask)
     np.testing.assert_allclose(np.asarray(fused(X, mask=mask)[0]),
                                np.asarray(stock(X, mask=mask)[0]), atol=1e-5)
+    stock, fused = pair(go_backwards=True)
+    assert not fused._fusable(None)
+    np.testing.assert_allclose(np.asarray(fused(X)[0]), np.asarray(stock(X)[0]), atol=1e-5)
 
 
 def test_the_language_model_trains_as_with_the_stock_layer(monkeypatch):
