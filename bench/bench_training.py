@@ -17,6 +17,7 @@ as 6 * (4*H*(E+H) + H*V) (forward + backward of the matrix products).
     python bench/bench_training.py --quick    # H = 256, 512; fewer repeats
     python bench/bench_training.py --quick --one-thread   # JAX and torch on one thread
     python bench/bench_training.py --no-hugepages  # without glibc's huge pages (both sides)
+    python bench/bench_training.py --default-model --layers 2 --recurrent-dropout 0.2
 
 Like ``lstmgen train``, the script starts itself again with huge pages for the large
 buffers (``lstmgen.hugepages``); PyTorch, in the same process, gets them too.
@@ -37,10 +38,13 @@ from _common import header, hugepages, load, lstm_layer, median_time  # noqa: E4
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 EMBED, VOCAB, BATCH, SEQ = 128, 65, 64, 128
+MODEL = {}  # more ModelConfig fields: --layers, --dropout, --recurrent-dropout
 
 
 def flops_per_token(units: int) -> int:
-    return 6 * (4 * units * (EMBED + units) + units * VOCAB)
+    layers = MODEL.get("layers", 1)
+    return 6 * (4 * units * (EMBED + units) + (layers - 1) * 4 * units * 2 * units
+                + units * VOCAB)
 
 
 def keras_step(units: int, stock: bool):
@@ -50,7 +54,7 @@ def keras_step(units: int, stock: bool):
     from lstmgen.model import LanguageModel, ModelConfig
 
     with lstm_layer(stock):
-        lm = LanguageModel(ModelConfig(embedding_dim=EMBED, units=units), VOCAB)
+        lm = LanguageModel(ModelConfig(embedding_dim=EMBED, units=units, **MODEL), VOCAB)
     model = lm.training_model
     model.compile(optimizer=keras.optimizers.Adam(3e-3, clipnorm=5.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -69,7 +73,10 @@ def torch_step(units: int, threads: int):
         def __init__(self):
             super().__init__()
             self.embedding = torch.nn.Embedding(VOCAB, EMBED)
-            self.lstm = torch.nn.LSTM(EMBED, units, batch_first=True)
+            self.lstm = torch.nn.LSTM(EMBED, units, batch_first=True,
+                                      num_layers=MODEL.get("layers", 1),
+                                      dropout=MODEL.get("dropout", 0.3) if "layers" in MODEL
+                                      else 0.0)
             self.head = torch.nn.Linear(units, VOCAB)
 
         def forward(self, x):
@@ -133,8 +140,22 @@ def main() -> None:
                         help="JAX and torch on one thread each (steadier on a loaded machine)")
     parser.add_argument("--hugepages", action=argparse.BooleanOptionalAction, default=True,
                         help="huge pages for the large buffers, as `lstmgen train` (default)")
+    parser.add_argument("--default-model", action="store_true",
+                        help="the CLI's default model and batch: embedding 64, LSTM 384, "
+                             "batch 32 x 64")
+    parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--dropout", type=float, default=None)
+    parser.add_argument("--recurrent-dropout", type=float, default=None,
+                        help="(no PyTorch column: nn.LSTM has no recurrent dropout)")
     args = parser.parse_args()
     hugepages(args.hugepages)
+    global EMBED, BATCH, SEQ
+    if args.default_model:
+        EMBED, BATCH, SEQ = 64, 32, 64
+        args.units = args.units or [384]
+    for name in ("layers", "dropout", "recurrent_dropout"):
+        if getattr(args, name) is not None:
+            MODEL[name] = getattr(args, name)
     if args.one_thread:  # before JAX starts
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    " --xla_cpu_multi_thread_eigen=false"
@@ -144,7 +165,9 @@ def main() -> None:
     repeats = args.repeats or (3 if args.quick else 5)
 
     header("bench_training: tokens/s, lstmgen (JAX) vs the stock Keras LSTM vs PyTorch")
-    torch = _torch()
+    print(f"embedding {EMBED}, batch {BATCH} x {SEQ}, vocabulary {VOCAB}"
+          + (f", {MODEL}" if MODEL else ""))
+    torch = None if MODEL.get("recurrent_dropout") else _torch()
     if torch is None:
         print("torch not installed: the PyTorch column is skipped "
               "(pip install torch==2.13.0 for the CPU build)")

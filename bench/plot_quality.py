@@ -28,6 +28,9 @@ def curve(path: Path) -> tuple[str, list[tuple[float, float]]]:
     if recurrent and float(recurrent[1]):
         label += f", recurrent {recurrent[1]}"
     label += ", state carried" if "'carry_state': True" in text else ""
+    if "stock LSTM layer=False" in text:  # logs from before FusedLSTM was the default say nothing
+        label += ", FusedLSTM"
+    label += ", huge pages" if "glibc.malloc.hugetlb=1" in text else ""
     budget = re.search(r"'max_time': ([\d.]+)", text)
     label += f" ({float(budget[1]) / 60:.0f}-min schedule)" if budget else ""
     return label, points_of(text)
@@ -58,7 +61,7 @@ def main() -> None:
     ax.set(xlabel="minutes of training (2 CPU cores)", ylabel="validation loss (nats/char)",
            title="tiny-shakespeare, nanoGPT split", ylim=(1.4, 2.0))
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper right")
     fig.savefig(args.out, dpi=110, bbox_inches="tight")
     print(f"wrote {args.out}")
 

@@ -40,9 +40,8 @@ def _make_recurrence():
     # the loops (a batched einsum over the gates ran slower than the stock layer).
     def project(xs, kernel, in_mask):
         steps, batch, features = xs.shape
-        flat = xs.reshape(steps * batch, features)
         if in_mask is None:  # all timesteps as one product, already time-major
-            z = flat @ kernel
+            z = xs.reshape(steps * batch, features) @ kernel
         else:
             z = jnp.concatenate([(xs * m).reshape(steps * batch, features) @ k
                                  for m, k in zip(in_mask, jnp.split(kernel, 4, axis=1))], -1)
