@@ -7,9 +7,10 @@ them: ~74,000 page faults per training step at LSTM 512, a fifth of the CPU time
 kernel. glibc's tunable ``glibc.malloc.hugetlb=1`` (glibc 2.35+) makes ``malloc`` ask the
 kernel for transparent huge pages (2 MiB) where the kernel's policy is ``madvise``: the faults
 drop ~100x and training runs ~10 % faster (``bench/RESULTS.md``). glibc reads tunables only
-when a process starts, so the CLI's ``train`` and ``evaluate`` run themselves again with it set
-(same process id, before anything is imported). ``LSTMGEN_HUGEPAGES=0`` turns this off; a
-program using the Python API can set ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` itself.
+when a process starts, so the CLI's ``train``, ``evaluate`` and ``demo`` run themselves again
+with it set (same process id, before anything is imported). ``LSTMGEN_HUGEPAGES=0`` turns
+this off; a program using the Python API can set ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
+itself.
 
 Example:
     >>> with_tunable({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})["GLIBC_TUNABLES"]

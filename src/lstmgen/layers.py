@@ -112,21 +112,22 @@ def _make_recurrence():
         steps, batch, features = xs.shape
         h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
         dz_2d = dz.reshape(steps * batch, -1)
+        dz_gates = jnp.split(dz, 4, axis=-1)  # per gate, with masks (XLA drops it otherwise)
         if rec_mask is None:
             d_recurrent = jnp.einsum("tbh,tbg->hg", h_prev, dz)
         else:
             d_recurrent = jnp.concatenate(
-                [jnp.einsum("tbh,tbg->hg", h_prev * m, d)
-                 for m, d in zip(rec_mask, jnp.split(dz, 4, axis=-1))], axis=1)
+                [jnp.einsum("tbh,tbg->hg", h_prev * m, d) for m, d in zip(rec_mask, dz_gates)],
+                axis=1)
         if in_mask is None:
             d_kernel = xs.reshape(steps * batch, features).T @ dz_2d
             d_xs = (dz_2d @ kernel.T).reshape(steps, batch, features)
         else:
             d_kernel = jnp.concatenate(
-                [jnp.einsum("tbe,tbg->eg", xs * m, d)
-                 for m, d in zip(in_mask, jnp.split(dz, 4, axis=-1))], axis=1)
+                [jnp.einsum("tbe,tbg->eg", xs * m, d) for m, d in zip(in_mask, dz_gates)],
+                axis=1)
             d_xs = sum(jnp.einsum("tbg,eg->tbe", d, k) * m for m, d, k in
-                       zip(in_mask, jnp.split(dz, 4, axis=-1), jnp.split(kernel, 4, axis=1)))
+                       zip(in_mask, dz_gates, jnp.split(kernel, 4, axis=1)))
         zeros = [None if m is None else jnp.zeros_like(m) for m in (in_mask, rec_mask)]
         return (d_xs, dh0, dc0, d_kernel, d_recurrent, dz_2d.sum(axis=0), *zeros)
 
