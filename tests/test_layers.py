@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+import lstmgen.layers
 from lstmgen.layers import FusedLSTM
 from lstmgen.model import LanguageModel, ModelConfig
 
@@ -93,7 +94,56 @@ def test_falls_back_to_the_stock_loop_where_it_does_not_apply():
     np.testing.assert_allclose(np.asarray(fused(X)[0]), np.asarray(stock(X)[0]), atol=1e-5)
 
 
+def count_lookups(monkeypatch):
+    """Counts the traces that projected the first layer's inputs by table lookup."""
+    calls = []
+    original = lstmgen.layers._project_tokens
+
+    def spy(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr("lstmgen.layers._project_tokens", spy)
+    return calls
+
+
+def model_grads(lm, x):
+    """The training model's next-token loss on ``x`` and its gradient w.r.t. every weight."""
+    model = lm.training_model
+    trainable = [v.value for v in model.trainable_variables]
+    others = [v.value for v in model.non_trainable_variables]
+
+    def loss(trainable):
+        logits, _ = model.stateless_call(trainable, others, x)
+        return keras.losses.sparse_categorical_crossentropy(
+            np.roll(x, -1, axis=1), logits, from_logits=True).mean()
+
+    return jax.value_and_grad(loss)(trainable)
+
+
+def test_the_folded_embedding_is_the_same_maths(monkeypatch):
+    lookups = count_lookups(monkeypatch)
+    lm = LanguageModel(ModelConfig(units=12, embedding_dim=6, layers=2), vocab_size=9)
+    x = RNG.integers(0, 9, size=(3, 50))  # 150 tokens, 16 per vocabulary entry: folded
+    loss_f, grads_f = model_grads(lm, x)
+    assert len(lookups) == 1
+    monkeypatch.setattr("lstmgen.layers.folds_embedding", lambda tokens, vocab: False)
+    loss_u, grads_u = model_grads(lm, x)
+    assert len(lookups) == 1  # this time the product
+    np.testing.assert_allclose(float(loss_f), float(loss_u), rtol=1e-6)
+    assert len(grads_f) == len(lm.training_model.trainable_variables) == 1 + 2 * 3 + 2
+    for a, b in zip(grads_u, grads_f):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+    assert np.abs(np.asarray(grads_f[0])).sum() > 0  # the embedding learns through the table
+    # Too few tokens per vocabulary entry (60 for 9): the product.
+    monkeypatch.undo()
+    lookups = count_lookups(monkeypatch)
+    model_grads(lm, x[:, :20])
+    assert not lookups
+
+
 def test_the_language_model_trains_as_with_the_stock_layer(monkeypatch):
+    lookups = count_lookups(monkeypatch)
     config = ModelConfig(units=16, embedding_dim=8, layers=2, dropout=0.0)
     fused = LanguageModel(config, vocab_size=30)
     assert all(type(rnn) is FusedLSTM for rnn in fused.rnns)
@@ -103,7 +153,7 @@ def test_the_language_model_trains_as_with_the_stock_layer(monkeypatch):
     stock = LanguageModel(config, vocab_size=30)
     assert type(stock.rnns[0]) is keras.layers.LSTM
     stock.training_model.set_weights(fused.training_model.get_weights())
-    x = (np.arange(12)[None] + np.arange(4)[:, None] * 7) % 30  # next token: +1
+    x = (np.arange(60)[None] + np.arange(8)[:, None] * 7) % 30  # next token: +1
     losses = []
     for lm in (stock, fused):
         model = lm.training_model
@@ -113,6 +163,7 @@ def test_the_language_model_trains_as_with_the_stock_layer(monkeypatch):
                        for _ in range(25)])
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
     assert losses[1][-1] < 0.5 * losses[1][0]
+    assert lookups  # 480 tokens, 16 per vocabulary entry: the fused model read the table
 
 
 @pytest.mark.parametrize("units", [1, 33])

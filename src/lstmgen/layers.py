@@ -9,6 +9,11 @@ a CPU: the input projection of all timesteps as one product (on the time-major i
 the loop, and a custom gradient whose backward loop carries ``dh`` and ``dc`` alone; the
 weight gradients are then single large products over all timesteps.
 
+Reading embedded tokens (:meth:`FusedLSTM.fold_embedding`), the input projection of a token
+is a row of ``embeddings @ kernel``: with a character vocabulary, a batch holds each token
+many times over, and looking the rows up (gradient: a scatter-add into the vocabulary's
+rows) replaces three products over the whole batch by three over the vocabulary.
+
 It subclasses ``keras.layers.LSTM`` and keeps its cell and variables, so checkpoints are
 interchangeable with the stock layer. Dropout and recurrent dropout draw the stock layer's
 masks (one per gate with recurrent dropout, as Keras does). Configurations it does not cover
@@ -22,7 +27,10 @@ dropout, 1.50x with two layers and recurrent dropout (``bench/RESULTS.md``).
 
 from __future__ import annotations
 
+import weakref
+
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -35,27 +43,17 @@ def _make_recurrence():
         # vectorised rational approximation, faster than its exp-based logistic.
         return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
-    # With recurrent dropout, Keras's LSTM draws one mask per gate (and one input mask per
-    # gate): gate g sees (x * in_mask[g]) @ kernel_g + (h * rec_mask[g]) @ recurrent_g. The
-    # masks are (4, batch, features) arrays, or None for none; their cotangents are zero.
-    # Per gate, the products are four separate ones on column blocks sliced once, outside
-    # the loops (a batched einsum over the gates ran slower than the stock layer).
-    def project(xs, kernel, in_mask):
-        steps, batch, features = xs.shape
-        if in_mask is None:  # all timesteps as one product, already time-major
-            z = xs.reshape(steps * batch, features) @ kernel
-        else:
-            z = jnp.concatenate([(xs * m).reshape(steps * batch, features) @ k
-                                 for m, k in zip(in_mask, jnp.split(kernel, 4, axis=1))], -1)
-        return z.reshape(steps, batch, -1)
-
+    # With recurrent dropout, Keras's LSTM draws one mask per gate: gate g sees
+    # ... + (h * rec_mask[g]) @ recurrent_g. rec_mask is a (4, batch, units) array or None;
+    # its cotangent is zero. The four products are separate ones on column blocks sliced
+    # once, outside the loops (a batched einsum over the gates ran slower).
     def recur(recurrent, rec_mask):
         if rec_mask is None:
             return lambda h: h @ recurrent
         blocks = jnp.split(recurrent, 4, axis=1)
         return lambda h: jnp.concatenate([(h * m) @ r for m, r in zip(rec_mask, blocks)], -1)
 
-    def forward(xs, h0, c0, kernel, recurrent, bias, in_mask, rec_mask):
+    def forward(zs, h0, c0, recurrent, bias, rec_mask):
         recurrent_product = recur(recurrent, rec_mask)
 
         def step(carry, z_t):
@@ -66,21 +64,22 @@ def _make_recurrence():
             h = o * jnp.tanh(c)
             return (h, c), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
 
-        (h, c), (hs, cs, acts) = jax.lax.scan(step, (h0, c0), project(xs, kernel, in_mask))
+        (h, c), (hs, cs, acts) = jax.lax.scan(step, (h0, c0), zs)
         return hs, cs, acts, h, c
 
+    # The time loop over the projected inputs zs (time-major); the input projection is
+    # plain code around it, so autodiff forms its gradients as single large products.
     @jax.custom_vjp
-    def recurrence(xs, h0, c0, kernel, recurrent, bias, in_mask, rec_mask):
-        hs, _, _, h, c = forward(xs, h0, c0, kernel, recurrent, bias, in_mask, rec_mask)
+    def recurrence(zs, h0, c0, recurrent, bias, rec_mask):
+        hs, _, _, h, c = forward(zs, h0, c0, recurrent, bias, rec_mask)
         return hs, h, c
 
-    def recurrence_fwd(xs, h0, c0, kernel, recurrent, bias, in_mask, rec_mask):
-        hs, cs, acts, h, c = forward(xs, h0, c0, kernel, recurrent, bias, in_mask, rec_mask)
-        saved = (xs, h0, c0, kernel, recurrent, hs, cs, acts, in_mask, rec_mask)
-        return (hs, h, c), saved
+    def recurrence_fwd(zs, h0, c0, recurrent, bias, rec_mask):
+        hs, cs, acts, h, c = forward(zs, h0, c0, recurrent, bias, rec_mask)
+        return (hs, h, c), (h0, c0, recurrent, hs, cs, acts, rec_mask)
 
     def recurrence_bwd(saved, grads):
-        xs, h0, c0, kernel, recurrent, hs, cs, acts, in_mask, rec_mask = saved
+        h0, c0, recurrent, hs, cs, acts, rec_mask = saved
         d_hs, d_h_last, d_c_last = grads
         c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)
         if rec_mask is None:
@@ -107,32 +106,58 @@ def _make_recurrence():
         (dh0, dc0), dz = jax.lax.scan(
             step, (d_h_last, d_c_last), (acts, c_prev, cs, d_hs), reverse=True
         )
-        # Every weight gradient is one large product over all timesteps, not a small one
-        # per step accumulated in the loop.
-        steps, batch, features = xs.shape
+        # The recurrent kernel's gradient is one large product over all timesteps, not a
+        # small one per step accumulated in the loop.
         h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
-        dz_2d = dz.reshape(steps * batch, -1)
-        dz_gates = jnp.split(dz, 4, axis=-1)  # per gate, with masks (XLA drops it otherwise)
         if rec_mask is None:
             d_recurrent = jnp.einsum("tbh,tbg->hg", h_prev, dz)
-        else:
+        else:  # per gate, with its mask
             d_recurrent = jnp.concatenate(
-                [jnp.einsum("tbh,tbg->hg", h_prev * m, d) for m, d in zip(rec_mask, dz_gates)],
-                axis=1)
-        if in_mask is None:
-            d_kernel = xs.reshape(steps * batch, features).T @ dz_2d
-            d_xs = (dz_2d @ kernel.T).reshape(steps, batch, features)
-        else:
-            d_kernel = jnp.concatenate(
-                [jnp.einsum("tbe,tbg->eg", xs * m, d) for m, d in zip(in_mask, dz_gates)],
-                axis=1)
-            d_xs = sum(jnp.einsum("tbg,eg->tbe", d, k) * m for m, d, k in
-                       zip(in_mask, dz_gates, jnp.split(kernel, 4, axis=1)))
-        zeros = [None if m is None else jnp.zeros_like(m) for m in (in_mask, rec_mask)]
-        return (d_xs, dh0, dc0, d_kernel, d_recurrent, dz_2d.sum(axis=0), *zeros)
+                [jnp.einsum("tbh,tbg->hg", h_prev * m, d)
+                 for m, d in zip(rec_mask, jnp.split(dz, 4, axis=-1))], axis=1)
+        zero_mask = None if rec_mask is None else jnp.zeros_like(rec_mask)
+        return (dz, dh0, dc0, d_recurrent, dz.sum(axis=(0, 1)), zero_mask)
 
     recurrence.defvjp(recurrence_fwd, recurrence_bwd)
     return recurrence
+
+
+def _project(xs, kernel, in_mask):
+    """All timesteps' input projections as one product on the time-major input, so the
+    4x wider result is never transposed; with input dropout (one mask per gate, as Keras
+    draws them: ``in_mask`` is (4, batch, features)) one product per gate."""
+    import jax.numpy as jnp
+
+    steps, batch, features = xs.shape
+    if in_mask is None:
+        z = xs.reshape(steps * batch, features) @ kernel
+    else:
+        z = jnp.concatenate([(xs * m).reshape(steps * batch, features) @ k
+                             for m, k in zip(in_mask, jnp.split(kernel, 4, axis=1))], -1)
+    return z.reshape(steps, batch, -1)
+
+
+def _project_tokens(token_ids, embeddings, kernel):
+    """The input projections of embedded tokens as rows of ``embeddings @ kernel``: a lookup
+    instead of a product per token, and the gradient a scatter-add into vocabulary rows
+    (``token_ids`` time-major)."""
+    import jax.numpy as jnp
+
+    return jnp.take(embeddings @ kernel, token_ids, axis=0)
+
+
+def folds_embedding(tokens: int, vocab_size: int) -> bool:
+    """Whether to project the first layer's inputs by lookup: it replaces three products of
+    ``tokens`` rows (forward, two gradients) by three of ``vocab_size`` rows plus a gather
+    and a scatter-add of the 4x wider rows, a win only when the batch holds many tokens per
+    vocabulary entry. Measured (``bench/RESULTS.md``): 1.07-1.26x per training step with
+    30-130 tokens per entry, 0.99x with 8.
+
+    Example:
+        >>> folds_embedding(tokens=64 * 128, vocab_size=65), folds_embedding(2048, 30000)
+        (True, False)
+    """
+    return tokens >= 16 * vocab_size
 
 
 _RECURRENCE = None
@@ -144,11 +169,11 @@ def _on_gpu() -> bool:
     return jax.default_backend() == "gpu"
 
 
-def _lstm_recurrence(xs, h0, c0, kernel, recurrent, bias, in_mask=None, rec_mask=None):
+def _recurrence(zs, h0, c0, recurrent, bias, rec_mask=None):
     global _RECURRENCE
     if _RECURRENCE is None:
         _RECURRENCE = _make_recurrence()
-    return _RECURRENCE(xs, h0, c0, kernel, recurrent, bias, in_mask, rec_mask)
+    return _RECURRENCE(zs, h0, c0, recurrent, bias, rec_mask)
 
 
 @keras.saving.register_keras_serializable(package="lstmgen")
@@ -169,6 +194,40 @@ class FusedLSTM(keras.layers.LSTM):
         >>> bool(np.allclose(stock(x), fused(x), atol=1e-5))
         True
     """
+
+    _embedding = None  # a weakref.ref to the Embedding layer whose outputs this one reads
+
+    def fold_embedding(self, embedding: keras.layers.Embedding) -> None:
+        """Read ``embedding``'s outputs through its table: called with ``token_ids=`` (the
+        embedding layer's input), the layer projects its inputs as rows of
+        ``embeddings @ kernel`` where :func:`folds_embedding` finds that faster. The same
+        maths; the embedding layer keeps its variable (a weak reference, not a sublayer,
+        so the checkpoint layout does not change).
+
+        Example:
+            >>> import numpy as np
+            >>> tokens = np.arange(128 * 4).reshape(4, 128) % 8
+            >>> embedding, lstm = keras.layers.Embedding(8, 3), FusedLSTM(4)
+            >>> lstm.fold_embedding(embedding)
+            >>> x = embedding(tokens)
+            >>> bool(np.allclose(lstm(x, token_ids=tokens), lstm(x), atol=1e-5))
+            True
+        """
+        self._embedding = weakref.ref(embedding)
+
+    def call(self, sequences, initial_state=None, mask=None, training=False,
+             token_ids=None):
+        # inner_loop, where the projection happens, takes no other arguments.
+        self._token_ids = token_ids
+        try:
+            return super().call(sequences, initial_state=initial_state, mask=mask,
+                                training=training)
+        finally:
+            self._token_ids = None
+
+    def compute_output_shape(self, sequences_shape, initial_state_shape=None,
+                             token_ids_shape=None):
+        return super().compute_output_shape(sequences_shape, initial_state_shape)
 
     def _fusable(self, mask) -> bool:
         cell = self.cell
@@ -198,11 +257,18 @@ class FusedLSTM(keras.layers.LSTM):
                 sequences = sequences * ops.expand_dims(dropout_mask, 1)
         if training and 0.0 < cell.recurrent_dropout < 1.0:
             rec_mask = ops.stack(cell.get_recurrent_dropout_mask(h0))
-        # Time-major before the input projection: transposing the (batch, time, features)
-        # input is cheaper than transposing the 4x wider projection.
-        hs, h, c = _lstm_recurrence(
-            ops.transpose(sequences, (1, 0, 2)), h0, c0, ops.convert_to_tensor(cell.kernel),
-            ops.convert_to_tensor(cell.recurrent_kernel), ops.convert_to_tensor(cell.bias),
-            in_mask, rec_mask)
+        kernel = ops.convert_to_tensor(cell.kernel)
+        embedding = self._embedding() if self._embedding else None
+        token_ids = getattr(self, "_token_ids", None)
+        if (embedding is not None and token_ids is not None and in_mask is None
+                and folds_embedding(int(np.prod(token_ids.shape)), embedding.input_dim)):
+            zs = _project_tokens(ops.transpose(token_ids), ops.convert_to_tensor(
+                embedding.embeddings), kernel)
+        else:
+            # Time-major before the product: transposing the (batch, time, features)
+            # input is cheaper than transposing the 4x wider projection.
+            zs = _project(ops.transpose(sequences, (1, 0, 2)), kernel, in_mask)
+        hs, h, c = _recurrence(zs, h0, c0, ops.convert_to_tensor(cell.recurrent_kernel),
+                               ops.convert_to_tensor(cell.bias), rec_mask)
         outputs = ops.transpose(hs, (1, 0, 2)) if self.return_sequences else h
         return h, outputs, [h, c]

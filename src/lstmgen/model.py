@@ -97,6 +97,11 @@ class LanguageModel:
                 **rnn_init)
             for i in range(config.layers)
         ]
+        # The first LSTM reads its inputs through the embedding table: a lookup instead of
+        # a product per token (the stock layer, in benchmarks and tests, has no such method).
+        self._fold = hasattr(self.rnns[0], "fold_embedding")
+        if self._fold:
+            self.rnns[0].fold_embedding(self.embedding)
         self.output_dropout = keras.layers.Dropout(config.dropout, name="output_dropout")
         self.head = keras.layers.Dense(vocab_size, name="logits", **init)
 
@@ -105,10 +110,7 @@ class LanguageModel:
         self._stateful_model = None
 
     def _apply(self, tokens):
-        x = self.embedding(tokens)
-        for rnn in self.rnns:
-            x, *_ = rnn(x)
-        return self.head(self.output_dropout(x))
+        return self.apply_from(tokens, None)[0]
 
     @property
     def stateful_model(self):
@@ -133,11 +135,14 @@ class LanguageModel:
 
     def apply_from(self, tokens, states: list) -> tuple:
         """The layers on ``tokens`` from initial ``states`` (per layer: h, c for an LSTM);
-        returns the logits and the final states."""
+        returns the logits and the final states (``states=None``: from zeros)."""
         k = self.config.states_per_layer
         x, final = self.embedding(tokens), []
         for i, rnn in enumerate(self.rnns):
-            x, *carried = rnn(x, initial_state=states[k * i : k * i + k])
+            kwargs = {"token_ids": tokens} if i == 0 and self._fold else {}
+            if states is not None:
+                kwargs["initial_state"] = states[k * i : k * i + k]
+            x, *carried = rnn(x, **kwargs)
             final += carried
         return self.head(self.output_dropout(x)), final
 
