@@ -4,7 +4,10 @@ Embedding 128 -> LSTM H -> Dense 65, batch 64 x seq 128, Adam with gradient clip
 H in 256/512/1024. Measured in one process, one after the other, for each H:
 
 - ``lstmgen``: lstmgen's ``LanguageModel`` (:class:`lstmgen.layers.FusedLSTM`: input
-  projection hoisted out of the scan, custom gradient), ``train_on_batch``;
+  projection hoisted out of the scan, custom gradient, the first layer's input projection
+  looked up in ``embeddings @ kernel``), ``train_on_batch``;
+- ``product`` (with ``--lookup-ablation``): the same, the first layer's input projection a
+  product over the batch as in the other layers;
 - ``stock``: the same model with Keras's own ``keras.layers.LSTM``;
 - ``torch`` / ``torch1``: ``nn.Embedding -> nn.LSTM -> nn.Linear`` on the CPU with all threads
   / one thread (skipped if torch is absent);
@@ -17,6 +20,7 @@ as 6 * (4*H*(E+H) + H*V) (forward + backward of the matrix products).
     python bench/bench_training.py --quick    # H = 256, 512; fewer repeats
     python bench/bench_training.py --quick --one-thread   # JAX and torch on one thread
     python bench/bench_training.py --no-hugepages  # without glibc's huge pages (both sides)
+    python bench/bench_training.py --lookup-ablation  # + lstmgen without the table lookup
     python bench/bench_training.py --default-model --layers 2 --recurrent-dropout 0.2
 
 Like ``lstmgen train``, the script starts itself again with huge pages for the large
@@ -47,10 +51,11 @@ def flops_per_token(units: int) -> int:
                 + units * VOCAB)
 
 
-def keras_step(units: int, stock: bool):
+def keras_step(units: int, stock: bool, lookup: bool = True):
     import keras
     import numpy as np
 
+    import lstmgen.layers
     from lstmgen.model import LanguageModel, ModelConfig
 
     with lstm_layer(stock):
@@ -61,6 +66,13 @@ def keras_step(units: int, stock: bool):
     rng = np.random.default_rng(0)
     x = rng.integers(0, VOCAB, (BATCH, SEQ)).astype("int32")
     y = rng.integers(0, VOCAB, (BATCH, SEQ)).astype("int32")
+    folds = lstmgen.layers.folds_embedding
+    if not lookup:  # decided when the step is traced, i.e. at the first call
+        lstmgen.layers.folds_embedding = lambda tokens, vocab_size: False
+    try:
+        model.train_on_batch(x, y)
+    finally:
+        lstmgen.layers.folds_embedding = folds
     return lambda: model.train_on_batch(x, y)
 
 
@@ -143,6 +155,8 @@ def main() -> None:
     parser.add_argument("--default-model", action="store_true",
                         help="the CLI's default model and batch: embedding 64, LSTM 384, "
                              "batch 32 x 64")
+    parser.add_argument("--lookup-ablation", action="store_true",
+                        help="add lstmgen without the first layer's table lookup ('product')")
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--recurrent-dropout", type=float, default=None,
@@ -184,6 +198,9 @@ def main() -> None:
     for units in units_list:
         candidates = [("lstmgen", lambda u=units: keras_step(u, stock=False)),
                       ("stock", lambda u=units: keras_step(u, stock=True))]
+        if args.lookup_ablation:
+            candidates.insert(1, ("product",
+                                  lambda u=units: keras_step(u, stock=False, lookup=False)))
         if torch is not None:
             # Under load, two spinning OpenMP threads can be far slower than one: show both.
             candidates.append(("torch", lambda u=units: torch_step(u, _threads())))
@@ -211,6 +228,8 @@ def main() -> None:
     print("\nratios (speed-up, higher is faster):")
     for units, t in rows:
         parts = [f"lstmgen/stock {t['stock'] / t['lstmgen']:.2f}x"]
+        if "product" in t:
+            parts.append(f"lookup/product {t['product'] / t['lstmgen']:.2f}x")
         if "torch" in t:
             best = min(t["torch"], t.get("torch1", t["torch"]))
             parts += [f"lstmgen/torch(best of 1 or all threads) {best / t['lstmgen']:.2f}x",
