@@ -1,9 +1,10 @@
 """Quality per minute on tiny-shakespeare: validation loss (nats/char) against wall-clock time.
 
 The nanoGPT split: the first 90% of the characters train, the last 10% validate. The script
-measures the step rate of the chosen model in a short training run, sets ``max_steps`` so that the
-cosine schedule ends with the time budget (``max_time`` is the hard stop), trains with
-``lstmgen.train`` and prints the validation loss at each evaluation, and at 2/5/8/10 minutes.
+measures the step rate of the chosen model in a short training run, sizes the cosine
+schedule to end with the time budget (training goes on at its final learning rate until
+``max_time``, the hard stop), trains with ``lstmgen.train`` and prints the validation loss
+at each evaluation, and at 2/5/8/10 minutes.
 For orientation, nanoGPT's CPU baby-GPT reaches 1.89 at 2 min and ~1.59 at 8.3 min; the
 issue's targets are <= 1.50 at 10 min and <= 1.45 at 30 min.
 
@@ -107,12 +108,14 @@ def main() -> None:
                                  else args.carry_state)
         rate = (None if args.max_steps else
                 steps_per_second(tmp, model, config, args.stock_lstm, probe_seconds))
-        # Compilation and the full evaluations take time too: aim the schedule at 93% of
-        # the steps the rate allows (max_time stops it in any case).
-        max_steps = args.max_steps or max(10, int(0.93 * budget * rate))
-        config.update(schedule="cosine", warmup_steps=min(100, max_steps // 20),
-                      max_steps=max_steps, eval_every=max(5, max_steps // args.evals),
-                      val_tokens=10**7)
+        # Compilation and the full evaluations take time too: the cosine schedule ends at
+        # 93% of the steps the rate allows. This VM's speed drifts by 10-20% within minutes,
+        # so training does not stop there: it goes on at the schedule's final learning rate
+        # until max_time (unless --max-steps).
+        steps = args.max_steps or max(10, int(0.93 * budget * rate))
+        config.update(schedule="cosine", warmup_steps=min(100, steps // 20),
+                      schedule_steps=steps, max_steps=args.max_steps,
+                      eval_every=max(5, steps // args.evals), val_tokens=10**7)
         print(f"model {model}, stock LSTM layer={args.stock_lstm}\ntraining {config}\n"
               + (f"measured {rate:.2f} steps/s ({rate * args.batch_size * args.seq_len:,.0f} "
                  f"tokens/s) in a {probe_seconds:.0f}-second probe run" if rate else

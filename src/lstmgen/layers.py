@@ -20,8 +20,8 @@ masks (one per gate with recurrent dropout, as Keras does). Configurations it do
 (masking, ``go_backwards``, other activations, other backends) fall back to the stock loop,
 and so does a GPU, where Keras runs cuDNN's LSTM.
 :class:`~lstmgen.model.LanguageModel` uses it for every LSTM layer. Measured in
-``bench/bench_training.py`` (2-core CPU): 0.97-1.18x the stock layer's training speed with
-one layer and no recurrent dropout (least at 256 units), 1.27x with recurrent
+``bench/bench_training.py`` (2-core CPU): 1.09-1.27x the stock layer's training speed with
+one layer and no recurrent dropout (1.13x on the CLI's default model), 1.27x with recurrent
 dropout, 1.50x with two layers and recurrent dropout (``bench/RESULTS.md``).
 """
 
@@ -150,8 +150,9 @@ def folds_embedding(tokens: int, vocab_size: int) -> bool:
     """Whether to project the first layer's inputs by lookup: it replaces three products of
     ``tokens`` rows (forward, two gradients) by three of ``vocab_size`` rows plus a gather
     and a scatter-add of the 4x wider rows, a win only when the batch holds many tokens per
-    vocabulary entry. Measured (``bench/RESULTS.md``): 1.07-1.26x per training step with
-    30-130 tokens per entry, 0.99x with 8.
+    vocabulary entry. ``bench/bench_training.py --lookup-ablation``: 1.04-1.16x per training
+    step with 126 tokens per entry (embedding 128), 0.99x with 31 (embedding 64); the layer
+    alone ran 0.99x with 8 and 1.13x with 16 (a 512-token vocabulary).
 
     Example:
         >>> folds_embedding(tokens=64 * 128, vocab_size=65), folds_embedding(2048, 30000)
@@ -261,6 +262,7 @@ class FusedLSTM(keras.layers.LSTM):
         embedding = self._embedding() if self._embedding else None
         token_ids = getattr(self, "_token_ids", None)
         if (embedding is not None and token_ids is not None and in_mask is None
+                and None not in token_ids.shape
                 and folds_embedding(int(np.prod(token_ids.shape)), embedding.input_dim)):
             zs = _project_tokens(ops.transpose(token_ids), ops.convert_to_tensor(
                 embedding.embeddings), kernel)
