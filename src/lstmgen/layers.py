@@ -151,8 +151,8 @@ def folds_embedding(tokens: int, vocab_size: int) -> bool:
     ``tokens`` rows (forward, two gradients) by three of ``vocab_size`` rows plus a gather
     and a scatter-add of the 4x wider rows, a win only when the batch holds many tokens per
     vocabulary entry. ``bench/bench_training.py --lookup-ablation``: 1.04-1.16x per training
-    step with 126 tokens per entry (embedding 128), 0.99x with 31 (embedding 64); the layer
-    alone ran 0.99x with 8 and 1.13x with 16 (a 512-token vocabulary).
+    step with 126 tokens per entry (embedding 128), 0.99x with 31 (embedding 64); the
+    threshold is where the layer alone broke even (8 per entry) with a margin.
 
     Example:
         >>> folds_embedding(tokens=64 * 128, vocab_size=65), folds_embedding(2048, 30000)
