@@ -152,6 +152,9 @@ def test_the_language_model_trains_as_with_the_stock_layer(monkeypatch):
     monkeypatch.setattr("lstmgen.layers.FusedLSTM", keras.layers.LSTM)
     stock = LanguageModel(config, vocab_size=30)
     assert type(stock.rnns[0]) is keras.layers.LSTM
+    # The lookup keeps the embedding's variable where it was: the same checkpoint layout.
+    assert ([v.path for v in fused.training_model.weights]
+            == [v.path for v in stock.training_model.weights])
     stock.training_model.set_weights(fused.training_model.get_weights())
     x = (np.arange(60)[None] + np.arange(8)[:, None] * 7) % 30  # next token: +1
     losses = []
