@@ -197,6 +197,7 @@ class FusedLSTM(keras.layers.LSTM):
     """
 
     _embedding = None  # a weakref.ref to the Embedding layer whose outputs this one reads
+    _token_ids = None  # that layer's input, during a call
 
     def fold_embedding(self, embedding: keras.layers.Embedding) -> None:
         """Read ``embedding``'s outputs through its table: called with ``token_ids=`` (the
@@ -260,7 +261,7 @@ class FusedLSTM(keras.layers.LSTM):
             rec_mask = ops.stack(cell.get_recurrent_dropout_mask(h0))
         kernel = ops.convert_to_tensor(cell.kernel)
         embedding = self._embedding() if self._embedding else None
-        token_ids = getattr(self, "_token_ids", None)
+        token_ids = self._token_ids
         if (embedding is not None and token_ids is not None and in_mask is None
                 and None not in token_ids.shape
                 and folds_embedding(int(np.prod(token_ids.shape)), embedding.input_dim)):
