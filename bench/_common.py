@@ -97,6 +97,24 @@ def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def interleaved(fns: dict, repeats: int, warmup: int = 1, settle: float = 0.0) -> dict:
+    """Median seconds of each function, called in turn ``repeats`` times after ``warmup``
+    calls each, so a burst of load hits every one alike; ``settle`` seconds of sleep before
+    each call let the previous library's worker threads stop spinning (OpenMP, OpenBLAS and
+    XLA's pools busy-wait for a while after a call)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            time.sleep(settle)
+            started = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def proc_status() -> dict[str, int]:
     """Memory figures of this process in bytes (Linux /proc; else peak RSS only)."""
     wanted = ("VmHWM", "VmRSS", "RssAnon", "RssFile")

@@ -24,32 +24,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, hugepages, load  # noqa: E402
+from _common import header, hugepages, interleaved, load  # noqa: E402
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 EMBED, BATCH, SEQ = 128, 64, 128
-
-
-def interleaved(fns: dict, repeats: int, settle: float = 0.0) -> dict[str, float]:
-    """Median seconds of each function, called in turn ``repeats`` times after a warm-up;
-    ``settle`` seconds of sleep before each call let the previous library's worker threads
-    stop spinning (OpenMP, OpenBLAS and XLA's pools busy-wait for a while after a call)."""
-    for fn in fns.values():
-        fn()
-    samples = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            time.sleep(settle)
-            started = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - started)
-    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def layer_parts(units: int, repeats: int) -> dict[str, float]:

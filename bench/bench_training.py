@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, hugepages, load, lstm_layer, median_time  # noqa: E402
+from _common import header, hugepages, interleaved, load, lstm_layer, median_time  # noqa: E402,E501
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -207,16 +205,7 @@ def main() -> None:
             if _threads() > 1:
                 candidates.append(("torch1", lambda u=units: torch_step(u, 1)))
         steps = {name: make() for name, make in candidates}
-        for step in steps.values():  # compile / warm up
-            step()
-            step()
-        samples = {name: [] for name in steps}
-        for _ in range(repeats):  # interleaved, so a burst of load hits every column alike
-            for name, step in steps.items():
-                started = time.perf_counter()
-                step()
-                samples[name].append(time.perf_counter() - started)
-        times = {name: statistics.median(v) for name, v in samples.items()}
+        times = interleaved(steps, repeats, warmup=2)  # warm-up: compilation
         for name, seconds in times.items():
             tokens = BATCH * SEQ / seconds
             gflops = tokens * flops_per_token(units) / 1e9
