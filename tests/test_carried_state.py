@@ -35,7 +35,7 @@ def test_each_batch_starts_from_the_previous_batch_final_state():
         states = zeros
         for b in range(3):
             x, y = text[:, b * 12 : (b + 1) * 12], text[:, b * 12 + 1 : (b + 1) * 12 + 1]
-            loss = float(model.train_on_batch(x, y))
+            loss = float(model.train_on_batch([x, np.ones((3, 1), "float32")], y))
             logits, *after = lm.stateful_model.predict_on_batch([x, *states])
             fresh, *_ = lm.stateful_model.predict_on_batch([x, *zeros])
             np.testing.assert_allclose(loss, _nll(logits, y), rtol=1e-5)
@@ -46,6 +46,24 @@ def test_each_batch_starts_from_the_previous_batch_final_state():
             states = after
         model.state_store.reset()
         assert all(not np.asarray(v.value).any() for v in model.state_store.states)
+
+
+def test_a_zero_keep_row_starts_its_window_from_zeros():
+    lm, model = _fixed_weights_model()
+    rng = np.random.default_rng(1)
+    text = rng.integers(0, 30, size=(3, 25)).astype("int32")
+    zeros = [np.zeros((3, 16), "float32")] * lm.num_states
+    model.train_on_batch([text[:, :12], np.ones((3, 1), "float32")], text[:, 1:13])
+    carried = [np.asarray(v.value) for v in model.state_store.states]
+    keep = np.array([[1.0], [0.0], [1.0]], "float32")  # row 1 restarts
+    x, y = text[:, 12:24], text[:, 13:25]
+    loss = float(model.train_on_batch([x, keep], y))
+    expected = [s * keep for s in carried]
+    logits, *_ = lm.stateful_model.predict_on_batch([x, *expected])
+    np.testing.assert_allclose(loss, _nll(logits, y), rtol=1e-5)
+    fresh, *_ = lm.stateful_model.predict_on_batch([x, *zeros])
+    np.testing.assert_allclose(logits[1], fresh[1], atol=1e-5)
+    assert not np.allclose(logits[0], fresh[0], atol=1e-3)
 
 
 def test_same_trainable_variables_as_the_plain_model():

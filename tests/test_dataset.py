@@ -116,7 +116,7 @@ def test_lanes_continue_each_row_where_the_previous_batch_stopped():
     positions = np.arange(5_003)
     ds = WindowDataset(positions, seq_len=10, batch_size=4, seed=1, epoch=0, lanes=True)
     assert len(ds) == 5_002 // (10 * 4)
-    batches = [ds[i] for i in range(len(ds))]
+    batches = [(x, y) for (x, _), y in (ds[i] for i in range(len(ds)))]
     for (x0, y0), (x1, _) in zip(batches, batches[1:]):
         assert (y0 == x0 + 1).all()
         assert (x1[:, 0] == y0[:, -1]).all()  # row i goes on with the next window of lane i
@@ -125,11 +125,27 @@ def test_lanes_continue_each_row_where_the_previous_batch_stopped():
     lane_starts = batches[0][0][:, 0]
     assert (np.diff(lane_starts) == len(ds) * 10).all()
     firsts = {int(WindowDataset(np.arange(5_039), seq_len=10, batch_size=4, seed=1, epoch=e,
-                                lanes=True)[0][0][0, 0]) for e in range(6)}
+                                lanes=True)[0][0][0][0, 0]) for e in range(6)}
     assert len(firsts) > 1 and max(firsts) <= 5_038 - 4 * 10 * 125  # epochs shift the lanes
     halves = [WindowDataset(positions, seq_len=10, batch_size=4, seed=1, epoch=0, lanes=True,
                             shard=(i, 2), first_batch=3)[0][0] for i in range(2)]
-    assert (np.concatenate(halves) == ds[3][0]).all()
+    for k in range(2):  # tokens and keep mask alike: each process gets its rows
+        assert (np.concatenate([h[k] for h in halves]) == ds[3][0][k]).all()
+
+
+def test_lanes_restart_a_share_of_rows_from_a_fresh_state():
+    positions = np.arange(200_000)
+    args = dict(seq_len=10, batch_size=16, seed=3, epoch=2, lanes=True)
+    ds = WindowDataset(positions, state_reset=0.2, **args)
+    keeps = np.stack([ds[i][0][1] for i in range(len(ds))])
+    assert keeps.shape == (len(ds), 16, 1) and set(np.unique(keeps)) == {0.0, 1.0}
+    assert not keeps[0].any()  # every lane starts the epoch from zeros
+    assert 0.17 < 1 - keeps[1:].mean() < 0.23  # then each window restarts 20% of the rows
+    # a pure function of (seed, epoch, batch): a resumed dataset draws the same mask
+    resumed = WindowDataset(positions, state_reset=0.2, first_batch=50, **args)
+    assert (resumed[0][0][1] == keeps[50]).all()
+    never = WindowDataset(positions, state_reset=0.0, **args)
+    assert all(never[i][0][1].all() for i in range(1, 20))
 
 
 def test_reader_windows_equal_memory_map_windows(tmp_path, small_text):

@@ -8,6 +8,12 @@ ended in: truncated backpropagation through time, as char-rnn trains. Gradients 
 window boundary; the state flows on. This is also how the model is used afterwards —
 generation and evaluation carry the state through the whole text.
 
+Every generation, though, starts from a zero state, and a lane reaches one only at the start
+of an epoch: on a large corpus a model would almost never see it, and its first tokens after
+a short prime would be garbage. So at each window a random share of the lanes
+(``TrainConfig.state_reset``) starts again from zeros: the dataset draws the ``keep`` mask from
+(seed, epoch, batch) (:meth:`~lstmgen.dataset.WindowOrder.keep`), so resume stays exact.
+
 The states live in the non-trainable variables of a :class:`StateStore` layer in a second Keras
 model over the same layers (:func:`carried_training_model`), so ``fit``, the optimizer and the
 JAX trainer's variable threading are all stock Keras. The training model the rest of lstmgen
@@ -28,7 +34,8 @@ STORE_NAME = "carried_state"
 class StateStore(keras.layers.Layer):
     """The recurrent states at the end of the last training batch.
 
-    Called on the token batch it reads them (the next window's initial states); called on
+    Called on the ``keep`` mask of a batch (shape ``(batch, 1)``: 1 carries a row's state on,
+    0 starts it from zeros) it reads them, the next window's initial states; called on
     ``[logits, *final_states]`` it stores the final states and passes the logits on. Both calls
     sit in the same graph, so one ``fit`` step reads, trains and writes.
 
@@ -37,8 +44,10 @@ class StateStore(keras.layers.Layer):
         >>> [tuple(v.shape) for v in store.states]
         [(2, 3), (2, 3)]
         >>> _ = store([ops.zeros((2, 5, 7)), ops.ones((2, 3)), ops.ones((2, 3))])
-        >>> float(ops.sum(store(ops.zeros((2, 5), "int32"))[1]))
+        >>> float(ops.sum(store(ops.ones((2, 1)))[1]))
         6.0
+        >>> float(ops.sum(store(ops.array([[1.0], [0.0]]))[1]))  # row 1 starts afresh
+        3.0
     """
 
     def __init__(self, batch_size: int, units: int, count: int, **kwargs):
@@ -57,7 +66,8 @@ class StateStore(keras.layers.Layer):
                 variable.assign(value)
             return logits
         # Truncated backpropagation: the gradient stops where the window starts.
-        return [ops.stop_gradient(state.value) for state in self.states]
+        keep = ops.cast(inputs, "float32")
+        return [ops.stop_gradient(state.value) * keep for state in self.states]
 
     def compute_output_spec(self, inputs):
         if isinstance(inputs, (list, tuple)):
@@ -73,7 +83,8 @@ class StateStore(keras.layers.Layer):
 def carried_training_model(lm, batch_size: int) -> keras.Model:
     """A model over ``lm``'s layers that starts each batch from the last one's final states.
 
-    Its batch size is fixed (the store holds one state per batch row). Same variables as
+    Its inputs are the tokens and the ``keep`` mask (rows whose state goes on); its batch size
+    is fixed (the store holds one state per batch row). Same variables as
     ``lm.training_model`` plus the store's.
 
     Example:
@@ -85,8 +96,9 @@ def carried_training_model(lm, batch_size: int) -> keras.Model:
     """
     store = StateStore(batch_size, lm.config.units, lm.num_states)
     tokens = keras.Input((None,), batch_size=batch_size, dtype="int32", name="tokens")
-    logits, final = lm.apply_from(tokens, store(tokens))
+    keep = keras.Input((1,), batch_size=batch_size, dtype="float32", name="keep")
+    logits, final = lm.apply_from(tokens, store(keep))
     logits = store([logits, *final])
-    model = keras.Model(tokens, logits, name="lstmgen_carried")
+    model = keras.Model([tokens, keep], logits, name="lstmgen_carried")
     model.state_store = store
     return model

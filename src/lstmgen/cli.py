@@ -38,7 +38,7 @@ MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "recurrent_dropout"
 TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
               "max_time", "schedule", "warmup_steps", "val_fraction", "val_tokens",
               "eval_every", "checkpoint_every", "early_stopping", "sample_length", "seed",
-              "carry_state", "tensorboard", "encoding_errors")
+              "carry_state", "state_reset", "tensorboard", "encoding_errors")
 
 
 def _positive_int(text: str) -> int:
@@ -106,6 +106,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="carry the LSTM state from batch to batch along contiguous lanes of "
                    "the text (truncated BPTT; the default), or start each randomly drawn "
                    "window from zeros (--no-carry-state)")
+    t.add_argument("--state-reset", type=float, metavar="SHARE",
+                   help="with the state carried: the share of lanes that start each window "
+                   "from a fresh state, as generation does (0.1)")
     t.add_argument("--val", nargs="+", default=None, metavar="PATH",
                    help="validation corpus (default: the last --val-fraction of the text)")
     t.add_argument("--val-fraction", type=float, help="held-out share of the text (0.05)")
@@ -286,6 +289,7 @@ def cmd_generate(args) -> None:
 
 def cmd_evaluate(args) -> None:
     import lstmgen
+    from lstmgen.evaluation import FRESH_START_TOKENS
 
     model = lstmgen.load(args.run, checkpoint=args.checkpoint)
     result = model.evaluate(args.corpus, encoding_errors=args.encoding_errors,
@@ -298,10 +302,15 @@ def cmd_evaluate(args) -> None:
     print(f"loss            {result.loss:.4f} nats/token")
     print(f"bits per char   {result.bits_per_char:.4f}")
     print(f"perplexity      {result.perplexity:.3f} (per token)")
+    if result.fresh_start is not None:
+        print(f"fresh start     {result.fresh_start:.4f} nats/token (first {FRESH_START_TOKENS} "
+              f"tokens from a fresh state, {result.fresh_tokens // FRESH_START_TOKENS:,} "
+              "windows)")
 
 
 def cmd_info(args) -> None:
     import lstmgen
+    from lstmgen.evaluation import FRESH_START_TOKENS
 
     info = lstmgen.load(args.run).info()
     if args.json:
@@ -324,6 +333,10 @@ def cmd_info(args) -> None:
     if best is not None:
         print(f"best validation {best:.4f} nats/token, {info['best_val_bpc']:.4f} bits/char "
               f"(step {info['best_step']})")
+    fresh = info.get("best_val_fresh_start")
+    if fresh is not None:
+        print(f"  fresh start   {fresh:.4f} nats/token (first {FRESH_START_TOKENS} tokens from "
+              "a fresh state)")
 
 
 def cmd_demo(args) -> None:
@@ -338,6 +351,11 @@ def cmd_demo(args) -> None:
         max_time=args.max_time,
         epochs=100, eval_every=100, checkpoint_every=250, sample_length=0, val_tokens=100_000,
     )
+    state = model.state
+    if state.get("best_val_fresh_start") is not None:
+        print(f"\nvalidation: {state['best_val_loss']:.4f} nats/char with the state carried "
+              f"through the text; fresh start (first 8 characters) "
+              f"{state['best_val_fresh_start']:.4f} nats/char", flush=True)
     for prime in ("def ", "class ", "import "):
         text = model.generate(prime, 400, temperature=0.6, seed=len(prime))[0]
         print(f"\n=== sample (prime {prime!r}, temperature 0.6) ===\n{prime}{text}")

@@ -291,7 +291,8 @@ class WindowOrder:
     it would have. With ``lanes=True`` (training with the state carried, see
     :mod:`lstmgen.carried_state`) the split is cut into ``batch_size`` contiguous lanes instead
     and row ``i`` of batch ``b`` reads window ``b`` of lane ``i``: each row continues the text
-    where the same row of the previous batch stopped.
+    where the same row of the previous batch stopped, and :meth:`keep` says which rows carry
+    their state into the window and which start from zeros.
 
     Example:
         >>> order = WindowOrder(n_tokens=1001, seq_len=10, batch_size=4, seed=0, lanes=True)
@@ -332,6 +333,23 @@ class WindowOrder:
         windows = (a * rows + c) % self.n_windows
         return shift + windows * self.seq_len
 
+    def keep(self, epoch: int, batch: int, reset: float) -> np.ndarray:
+        """Which rows of a lane batch carry their state on (1.0) and which start it from
+        zeros (0.0): each row restarts with probability ``reset``, and every row at the start
+        of an epoch. Shape ``(batch_size, 1)``, float32.
+
+        Example:
+            >>> order = WindowOrder(n_tokens=10_001, seq_len=10, batch_size=8, seed=0, lanes=True)
+            >>> order.keep(0, 0, reset=0.1).ravel().tolist()
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+            >>> round(float(np.mean([order.keep(0, b, reset=0.25) for b in range(1, 100)])), 2)
+            0.76
+        """
+        if batch == 0:
+            return np.zeros((self.batch_size, 1), np.float32)
+        rng = np.random.default_rng([self.seed, epoch, batch, 1])
+        return (rng.random((self.batch_size, 1)) >= reset).astype(np.float32)
+
 
 def _keras_pydataset():
     import keras
@@ -345,7 +363,8 @@ class WindowDataset(_keras_pydataset()):
     ``x[i, t]`` is token ``s_i + t`` and ``y[i, t]`` token ``s_i + t + 1``: every position
     predicts its next token. ``first_batch`` skips batches already trained (exact resume);
     ``shard=(index, count)`` gives this process its slice of every global batch; ``lanes``
-    reads contiguous lanes (see :class:`WindowOrder`).
+    reads contiguous lanes (see :class:`WindowOrder`), and then ``x`` is ``(tokens, keep)``,
+    with ``keep`` the rows that carry their state on (``state_reset``: the share that do not).
 
     Example:
         >>> tokens = np.arange(1000, dtype=np.uint16)
@@ -367,8 +386,10 @@ class WindowDataset(_keras_pydataset()):
         num_batches: int | None = None,
         shard: tuple[int, int] = (0, 1),
         lanes: bool = False,
+        state_reset: float = 0.0,
     ):
         super().__init__(workers=1, use_multiprocessing=False)
+        self.state_reset = state_reset
         self.tokens = tokens
         self.order = WindowOrder(len(tokens), seq_len, batch_size, seed, lanes=lanes)
         self.epoch = epoch
@@ -391,7 +412,11 @@ class WindowDataset(_keras_pydataset()):
     def __getitem__(self, index: int):
         if index >= self.num_batches_:
             raise IndexError(index)
-        starts = self.order.starts(self.epoch, self.first_batch + index)[self.rows]
+        batch = self.first_batch + index
+        starts = self.order.starts(self.epoch, batch)[self.rows]
         offsets = starts[:, None] + np.arange(self.order.seq_len + 1)[None, :]
         window = np.asarray(self.tokens[offsets], dtype=np.int32)
+        if self.order.lanes:
+            keep = self.order.keep(self.epoch, batch, self.state_reset)[self.rows]
+            return (window[:, :-1], keep), window[:, 1:]
         return window[:, :-1], window[:, 1:]

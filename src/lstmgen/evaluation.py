@@ -1,28 +1,43 @@
-"""Loss of a model on a stream of token ids: nats per token, bits per character, perplexity."""
+"""Loss of a model on a stream of token ids: nats per token, bits per character, perplexity,
+and the fresh-start loss — how well the model predicts right after a short prime.
+
+Every generation starts from a zero state, but the loss with the state carried through the
+text never sees one. So each evaluation also scores windows of ``FRESH_START_TOKENS`` tokens,
+each read from a fresh (zero) state, one starting every ``FRESH_START_EVERY`` tokens of the
+text (positions 0, 64, 128, ...): the mean loss of their predictions is the *fresh-start
+loss* (nats/token). A model trained without ever seeing a fresh state scores worse there than
+a model that knows only letter frequencies, whatever its carried loss.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 
 import numpy as np
 
 from lstmgen.distributed import local
 
+FRESH_START_TOKENS = 8
+FRESH_START_EVERY = 64
+
 
 @dataclass
 class Evaluation:
-    """Average loss over ``tokens`` predicted tokens covering ``chars`` characters.
+    """Average loss over ``tokens`` predicted tokens covering ``chars`` characters, and the
+    fresh-start loss: ``fresh_nll`` over ``fresh_tokens`` predictions from a fresh state.
 
     Example:
-        >>> e = Evaluation(nll=1.5 * 1000, tokens=1000, chars=1000)
-        >>> round(e.loss, 3), round(e.bits_per_char, 3), round(e.perplexity, 3)
-        (1.5, 2.164, 4.482)
+        >>> e = Evaluation(nll=1.5 * 1000, tokens=1000, chars=1000, fresh_nll=80, fresh_tokens=40)
+        >>> round(e.loss, 3), round(e.bits_per_char, 3), round(e.perplexity, 3), e.fresh_start
+        (1.5, 2.164, 4.482, 2.0)
     """
 
     nll: float
     tokens: int
     chars: int
+    fresh_nll: float = 0.0
+    fresh_tokens: int = 0
 
     @property
     def loss(self) -> float:
@@ -41,9 +56,26 @@ class Evaluation:
     def perplexity(self) -> float:
         return math.exp(min(self.loss, 700.0))
 
+    @property
+    def fresh_start(self) -> float | None:
+        """Mean loss (nats/token) of the first tokens read from a fresh state (module doc)."""
+        return self.fresh_nll / self.fresh_tokens if self.fresh_tokens else None
+
+    def __add__(self, other: Evaluation) -> Evaluation:
+        return Evaluation(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
     def to_dict(self) -> dict:
         return {**asdict(self), "loss": self.loss, "bits_per_char": self.bits_per_char,
-                "perplexity": self.perplexity}
+                "perplexity": self.perplexity, "fresh_start": self.fresh_start,
+                "fresh_start_window": FRESH_START_TOKENS}
+
+
+def _summed_nll(logits, y, weight):
+    from keras import ops
+
+    logp = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+    picked = ops.take_along_axis(logp, ops.expand_dims(y, -1), axis=-1)[..., 0]
+    return -ops.sum(picked * weight)
 
 
 class Evaluator:
@@ -65,7 +97,6 @@ class Evaluator:
 
     def __init__(self, lm, seq_len: int = 256, batch_size: int = 32, carry_state: bool = True):
         import jax
-        from keras import ops
 
         self.lm = lm
         self.seq_len = seq_len
@@ -77,21 +108,28 @@ class Evaluator:
             inputs = [x, *states] if carry_state else x
             outputs, _ = model.stateless_call(trainable, non_trainable, inputs, training=False)
             logits, *states = outputs if carry_state else (outputs,)
-            logp = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
-            picked = ops.take_along_axis(logp, ops.expand_dims(y, -1), axis=-1)[..., 0]
-            return -ops.sum(picked * weight), states
+            return _summed_nll(logits, y, weight), states
+
+        def fresh_nll(trainable, non_trainable, x, y, weight):
+            logits, _ = lm.training_model.stateless_call(trainable, non_trainable, x,
+                                                         training=False)
+            return _summed_nll(logits, y, weight)
 
         self._summed_nll = jax.jit(summed_nll)
+        self._fresh_nll = jax.jit(fresh_nll)
 
     def __call__(self, tokens: np.ndarray, chars: int | None = None,
-                 max_tokens: int | None = None) -> Evaluation:
+                 max_tokens: int | None = None, fresh_start: bool = True) -> Evaluation:
         """Evaluate ``tokens`` (first ``max_tokens`` when given); ``chars`` is the character
-        count of the evaluated text, for bits per character (defaults to the token count)."""
+        count of the evaluated text, for bits per character (defaults to the token count).
+        ``fresh_start`` also scores the fresh-start windows (module doc)."""
         n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
         predicted = max(n - 1, 0)
-        x, y, w = self._layout(np.asarray(tokens[:n], dtype=np.int32), predicted)
+        ids = np.asarray(tokens[:n], dtype=np.int32)
+        x, y, w = self._layout(ids, predicted)
         trainable = [local(v.value) for v in self.model.trainable_variables]
         non_trainable = [local(v.value) for v in self.model.non_trainable_variables]
+        fresh = self.fresh_start(ids) if fresh_start else Evaluation(0.0, 0, 0)
         units = self.lm.config.units
         total = 0.0
         states = ([np.zeros((len(x), units), np.float32)] * self.lm.num_states
@@ -105,7 +143,30 @@ class Evaluator:
             chars = predicted
         elif n < len(tokens):
             chars = int(round(chars * predicted / max(len(tokens) - 1, 1)))
-        return Evaluation(nll=total, tokens=predicted, chars=chars)
+        return Evaluation(nll=total, tokens=predicted, chars=chars, fresh_nll=fresh.fresh_nll,
+                          fresh_tokens=fresh.fresh_tokens)
+
+    def fresh_start(self, tokens: np.ndarray, offset: int = 0, rows: int = 512) -> Evaluation:
+        """The fresh-start windows of ``tokens`` (module doc): windows of
+        ``FRESH_START_TOKENS + 1`` tokens from a zero state, starting at the positions that
+        are multiples of ``FRESH_START_EVERY`` (``offset`` is the position of ``tokens[0]``
+        in the whole text); the rest of the result is zero."""
+        k, every = FRESH_START_TOKENS, FRESH_START_EVERY
+        first = -offset % every
+        starts = np.arange(first, len(tokens) - k, every)
+        if not len(starts):
+            return Evaluation(0.0, 0, 0)
+        windows = np.asarray(tokens, np.int32)[starts[:, None] + np.arange(k + 1)]
+        weights = [local(v.value) for v in self.lm.training_model.trainable_variables]
+        frozen = [local(v.value) for v in self.lm.training_model.non_trainable_variables]
+        total = 0.0
+        for i in range(0, len(windows), rows):  # fixed shapes: one compiled program
+            part = windows[i : i + rows]
+            x = np.zeros((rows, k + 1), np.int32)
+            x[: len(part)] = part
+            w = (np.arange(rows) < len(part)).astype(np.float32)[:, None]
+            total += float(self._fresh_nll(weights, frozen, x[:, :-1], x[:, 1:], w))
+        return Evaluation(0.0, 0, 0, fresh_nll=total, fresh_tokens=len(windows) * k)
 
     def _layout(self, ids: np.ndarray, predicted: int):
         """Inputs, targets and weights of shape (rows, windows x seq_len): contiguous streams
@@ -151,7 +212,9 @@ def evaluate_corpus(trained, source, *, encoding_errors: str = "strict", max_tok
     evaluator = Evaluator(trained.lm, seq_len=seq_len or train.get("seq_len", 256),
                           carry_state=carry_state)
     total = Evaluation(0.0, 0, 0)
-    previous = np.zeros(0, np.int32)
+    previous = np.zeros(0, np.int32)  # the token before the chunk: it predicts the first one
+    tail = np.zeros(0, np.int32)  # the last tokens so far: fresh-start windows across chunks
+    seen = 0  # tokens read so far
     mapped = 0
     for chunk in iter_corpus_text(source, encoding_errors=encoding_errors):
         with warnings.catch_warnings(record=True) as caught:
@@ -166,10 +229,11 @@ def evaluate_corpus(trained, source, *, encoding_errors: str = "strict", max_tok
             chars = None
         else:
             chars = trained.tokenizer.count_chars(ids) if truncated else len(chunk)
-        part = evaluator(window, chars=chars)
-        total = Evaluation(total.nll + part.nll, total.tokens + part.tokens,
-                           total.chars + part.chars)
-        previous = window[-1:]
+        fresh_text = np.concatenate([tail, ids])
+        total = (total + evaluator(window, chars=chars, fresh_start=False)
+                 + evaluator.fresh_start(fresh_text, offset=seen - len(tail)))
+        seen += len(ids)
+        previous, tail = window[-1:], fresh_text[-FRESH_START_TOKENS:]
         if max_tokens is not None and total.tokens >= max_tokens:
             break
     if total.tokens == 0:

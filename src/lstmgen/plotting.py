@@ -34,7 +34,8 @@ def plot_metrics(rows: list[dict], path: str | os.PathLike) -> None:
     from lstmgen.atomic import atomic_path
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+    for key, label in (("train_loss", "train"), ("val_loss", "validation"),
+                       ("val_fresh_start", "validation, fresh start (first 8 tokens)")):
         steps, minutes, values = _column(rows, key)
         axes[0].plot(steps, values, marker=".", label=label)
         axes[1].plot(minutes, values, marker=".", label=label)

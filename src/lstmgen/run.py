@@ -217,6 +217,7 @@ class TrainedModel:
             "epoch": self.state.get("epoch"),
             "best_val_loss": self.state.get("best_val_loss"),
             "best_val_bpc": self.state.get("best_val_bpc"),
+            "best_val_fresh_start": self.state.get("best_val_fresh_start"),
             "best_step": self.state.get("best_step"),
         }
 

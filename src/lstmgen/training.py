@@ -37,7 +37,7 @@ SCHEDULES = ("constant", "cosine")
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_time", "early_stopping", "checkpoint_every",
                        "eval_every", "sample_length", "val_tokens", "tensorboard")
 METRIC_FIELDS = ("step", "epoch", "elapsed_s", "tokens", "learning_rate", "train_loss",
-                 "val_loss", "val_bpc", "val_perplexity")
+                 "val_loss", "val_bpc", "val_perplexity", "val_fresh_start")
 
 
 @dataclass
@@ -71,6 +71,9 @@ class TrainConfig:
     # Carry the recurrent state from batch to batch along lanes of the text (truncated
     # backpropagation through time; lstmgen.carried_state) instead of zeros per window.
     carry_state: bool = True
+    # With carry_state: the share of lanes that start each window from a zero state, as every
+    # generation starts (see lstmgen.carried_state). Measured in bench/bench_fresh_start.py.
+    state_reset: float = 0.1
     tensorboard: bool = False
     encoding_errors: str = "strict"
 
@@ -100,6 +103,9 @@ class TrainConfig:
             raise LstmgenError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
         if not isinstance(self.carry_state, bool):
             raise LstmgenError(f"carry-state must be true or false, got {self.carry_state!r}")
+        if (isinstance(self.state_reset, bool) or not isinstance(self.state_reset, (int, float))
+                or not 0.0 <= self.state_reset <= 1.0):
+            raise LstmgenError(f"state-reset must be a share in [0, 1], got {self.state_reset!r}")
         if self.sample_length < 0:
             raise LstmgenError(f"sample-length must be >= 0, got {self.sample_length}")
         return self
@@ -110,7 +116,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        data = {"carry_state": False, **data}  # runs saved before the setting did not carry
+        # Runs saved before these settings existed neither carried nor reset the state.
+        data = {"carry_state": False, "state_reset": 0.0, **data}
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -124,6 +131,7 @@ class TrainingState:
     elapsed: float = 0.0
     best_val_loss: float | None = None
     best_val_bpc: float | None = None
+    best_val_fresh_start: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
     finished: bool = False
@@ -381,10 +389,8 @@ class Trainer:
                     self.data.train_reader(), seq_len=c.seq_len, batch_size=c.batch_size,
                     seed=c.seed, epoch=s.epoch, first_batch=s.batch,
                     num_batches=self._batches_this_epoch(), shard=self.cluster.shard,
-                    lanes=c.carry_state,
+                    lanes=c.carry_state, state_reset=c.state_reset,
                 )
-                if c.carry_state and s.batch == 0:
-                    self.model.state_store.reset()  # every lane starts from the top
                 if self.verbose:
                     print(f"epoch {s.epoch + 1}/{c.epochs}", flush=True)
                 if len(dataset):
@@ -494,6 +500,7 @@ class Trainer:
             "val_loss": val.loss if val else None,
             "val_bpc": val.bits_per_char if val else None,
             "val_perplexity": val.perplexity if val else None,
+            "val_fresh_start": val.fresh_start if val else None,
         }
         self.append_metrics(row)
         if self.tensorboard:
@@ -501,13 +508,15 @@ class Trainer:
         if val is not None:
             if s.best_val_loss is None or val.loss < s.best_val_loss:
                 s.best_val_loss, s.best_val_bpc, s.best_step = val.loss, val.bits_per_char, s.step
+                s.best_val_fresh_start = val.fresh_start
                 s.evals_without_improvement = 0
                 self.save("best")
             else:
                 s.evals_without_improvement += 1
         if self.verbose:
             vtext = (f"val loss {val.loss:.4f}, {val.bits_per_char:.3f} bits/char, "
-                     f"perplexity {val.perplexity:.2f}" if val else "no validation split")
+                     f"perplexity {val.perplexity:.2f}, fresh start {_fmt(val.fresh_start)}"
+                     if val else "no validation split")
             print(f"step {s.step}: train loss {_fmt(row['train_loss'])}, {vtext}", flush=True)
         self.plot()
 
