@@ -34,7 +34,8 @@ EXAMPLES = {
   lstmgen serve runs/books --host 0.0.0.0 --port 9000""",
 }
 
-MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "recurrent_dropout", "cell")
+MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "recurrent_dropout", "cell",
+              "softmax", "cutoffs", "tie_embeddings")
 TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
               "max_time", "schedule", "warmup_steps", "val_fraction", "val_tokens",
               "eval_every", "checkpoint_every", "early_stopping", "sample_length", "seed",
@@ -86,6 +87,15 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--recurrent-dropout", type=float,
                    help="dropout on the recurrent state, one mask per sequence (0)")
     m.add_argument("--cell", choices=("lstm", "gru"), help="recurrent cell (lstm)")
+    m.add_argument("--softmax", choices=("auto", "full", "adaptive"),
+                   help="output layer: adaptive softmax for large vocabularies (auto: from "
+                   "8192 tokens on)")
+    m.add_argument("--cutoffs", type=_positive_int, nargs="+", metavar="N",
+                   help="adaptive softmax clusters: vocabulary ranks where they start "
+                   "(default 2000 10000 50000 200000, those below the vocabulary size)")
+    m.add_argument("--tie-embeddings", action="store_true", default=None,
+                   help="the output matrix is the embedding matrix (needs --embedding-dim "
+                   "equal to --units)")
     t = p.add_argument_group("training")
     t.add_argument("--tokenizer", choices=("char", "word", "bpe"), default=None,
                    help="token unit (char)")
@@ -302,6 +312,9 @@ def cmd_evaluate(args) -> None:
     print(f"loss            {result.loss:.4f} nats/token")
     print(f"bits per char   {result.bits_per_char:.4f}")
     print(f"perplexity      {result.perplexity:.3f} (per token)")
+    if result.word_perplexity is not None:
+        print(f"per word        {result.word_perplexity:.3f} ({result.words:,} words incl. line "
+              "ends)")
     if result.fresh_start is not None:
         print(f"fresh start     {result.fresh_start:.4f} nats/token (first {FRESH_START_TOKENS} "
               f"tokens from a fresh state, {result.fresh_tokens // FRESH_START_TOKENS:,} "
@@ -333,6 +346,9 @@ def cmd_info(args) -> None:
     if best is not None:
         print(f"best validation {best:.4f} nats/token, {info['best_val_bpc']:.4f} bits/char "
               f"(step {info['best_step']})")
+    per_word = info.get("best_val_word_perplexity")
+    if per_word is not None:
+        print(f"  per word      perplexity {per_word:.2f} (words incl. line ends)")
     fresh = info.get("best_val_fresh_start")
     if fresh is not None:
         print(f"  fresh start   {fresh:.4f} nats/token (first {FRESH_START_TOKENS} tokens from "

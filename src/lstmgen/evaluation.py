@@ -7,6 +7,11 @@ each read from a fresh (zero) state, one starting every ``FRESH_START_EVERY`` to
 text (positions 0, 64, 128, ...): the mean loss of their predictions is the *fresh-start
 loss* (nats/token). A model trained without ever seeing a fresh state scores worse there than
 a model that knows only letter frequencies, whatever its carried loss.
+
+Perplexity per word is ``exp(NLL / words)`` with ``words`` the whitespace-separated words of
+the text plus one per line end (the ``<eos>`` the word-level literature appends to every
+line; :func:`count_words`), whatever the tokens: figures compare with published ones and
+across tokenizers.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class Evaluation:
     chars: int
     fresh_nll: float = 0.0
     fresh_tokens: int = 0
+    words: int = 0
 
     @property
     def loss(self) -> float:
@@ -57,6 +63,11 @@ class Evaluation:
         return math.exp(min(self.loss, 700.0))
 
     @property
+    def word_perplexity(self) -> float | None:
+        """``exp(NLL / words)``: perplexity per word (module doc), when words were counted."""
+        return math.exp(min(self.nll / self.words, 700.0)) if self.words else None
+
+    @property
     def fresh_start(self) -> float | None:
         """Mean loss (nats/token) of the first tokens read from a fresh state (module doc)."""
         return self.fresh_nll / self.fresh_tokens if self.fresh_tokens else None
@@ -66,8 +77,32 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "loss": self.loss, "bits_per_char": self.bits_per_char,
-                "perplexity": self.perplexity, "fresh_start": self.fresh_start,
+                "perplexity": self.perplexity, "word_perplexity": self.word_perplexity,
+                "fresh_start": self.fresh_start,
                 "fresh_start_window": FRESH_START_TOKENS}
+
+
+def count_words(text: str) -> int:
+    """Whitespace-separated words plus line ends (each counts as an ``<eos>``).
+
+    Example:
+        >>> count_words("the cat sat .\\n\\n = Heading = \\n")
+        10
+    """
+    return len(text.split()) + text.count("\n")
+
+
+def count_words_in_ids(tokenizer, ids, block: int = 1 << 20) -> int:
+    """:func:`count_words` of the text of ``ids``, decoded ``block`` tokens at a time (a
+    word cut in two by a block boundary is counted once)."""
+    total, last = 0, " "
+    for start in range(0, len(ids), block):
+        text = tokenizer.decode(np.asarray(ids[start : start + block]))
+        if not text:
+            continue
+        total += count_words(text) - (not last.isspace() and not text[0].isspace())
+        last = text[-1]
+    return total
 
 
 def _summed_nll(logits, y, weight):
@@ -119,9 +154,11 @@ class Evaluator:
         self._fresh_nll = jax.jit(fresh_nll)
 
     def __call__(self, tokens: np.ndarray, chars: int | None = None,
-                 max_tokens: int | None = None, fresh_start: bool = True) -> Evaluation:
+                 max_tokens: int | None = None, fresh_start: bool = True,
+                 words: int = 0) -> Evaluation:
         """Evaluate ``tokens`` (first ``max_tokens`` when given); ``chars`` is the character
-        count of the evaluated text, for bits per character (defaults to the token count).
+        count of the evaluated text, for bits per character (defaults to the token count),
+        ``words`` its word count (:func:`count_words`), for perplexity per word.
         ``fresh_start`` also scores the fresh-start windows (module doc)."""
         n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
         predicted = max(n - 1, 0)
@@ -144,7 +181,7 @@ class Evaluator:
         elif n < len(tokens):
             chars = int(round(chars * predicted / max(len(tokens) - 1, 1)))
         return Evaluation(nll=total, tokens=predicted, chars=chars, fresh_nll=fresh.fresh_nll,
-                          fresh_tokens=fresh.fresh_tokens)
+                          fresh_tokens=fresh.fresh_tokens, words=words)
 
     def fresh_start(self, tokens: np.ndarray, offset: int = 0, rows: int = 512) -> Evaluation:
         """The fresh-start windows of ``tokens`` (module doc): windows of
@@ -230,8 +267,10 @@ def evaluate_corpus(trained, source, *, encoding_errors: str = "strict", max_tok
         else:
             chars = trained.tokenizer.count_chars(ids) if truncated else len(chunk)
         fresh_text = np.concatenate([tail, ids])
+        words = count_words_in_ids(trained.tokenizer, ids) if truncated else count_words(chunk)
         total = (total + evaluator(window, chars=chars, fresh_start=False)
-                 + evaluator.fresh_start(fresh_text, offset=seen - len(tail)))
+                 + evaluator.fresh_start(fresh_text, offset=seen - len(tail))
+                 + Evaluation(0.0, 0, 0, words=words))
         seen += len(ids)
         previous, tail = window[-1:], fresh_text[-FRESH_START_TOKENS:]
         if max_tokens is not None and total.tokens >= max_tokens:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from lstmgen.errors import LstmgenError
+from lstmgen.heads import jax_ops, output_log_probs, output_shapes
 from lstmgen.model import ModelConfig
 from lstmgen.sampling import Sampling, filter_logits
 
@@ -46,7 +47,8 @@ def prng_key(seed: int) -> np.ndarray:
 
 def model_weights(lm) -> dict:
     """The current weights of a :class:`~lstmgen.model.LanguageModel` as host arrays:
-    ``{"embedding", "layers": [{"kernel", "recurrent", "bias"}], "head", "head_bias"}``."""
+    ``{"embedding", "layers": [{"kernel", "recurrent", "bias"}], "head": [arrays]}``, the
+    output layer's variables in order (see :mod:`lstmgen.heads`)."""
     from lstmgen.distributed import local
 
     value = lambda variable: np.asarray(local(variable.value))  # noqa: E731
@@ -54,8 +56,7 @@ def model_weights(lm) -> dict:
         "embedding": value(lm.embedding.embeddings),
         "layers": [{"kernel": value(rnn.cell.kernel), "recurrent": value(rnn.cell.recurrent_kernel),
                     "bias": value(rnn.cell.bias)} for rnn in lm.rnns],
-        "head": value(lm.head.kernel),
-        "head_bias": value(lm.head.bias),
+        "head": [value(v) for v in lm.head.weights],
     }
 
 
@@ -81,18 +82,19 @@ def checkpoint_weights(path, config: ModelConfig) -> dict:
             group = groups[layer][sub]
             return [np.asarray(group[str(i)]) for i in range(len(group))]
 
-        head, head_bias = arrays("logits")
         layers = []
         for i in range(config.layers):
             kernel, recurrent, bias = arrays(f"{config.cell}_{i}", "cell/vars")
             layers.append({"kernel": kernel, "recurrent": recurrent, "bias": bias})
-        return {"embedding": arrays("embedding")[0], "layers": layers, "head": head,
-                "head_bias": head_bias}
+        return {"embedding": arrays("embedding")[0], "layers": layers,
+                "head": arrays("logits")}
 
 
-def step_weights(weights: dict, cell: str) -> dict:
+def step_weights(weights: dict, config: ModelConfig) -> dict:
     """Rearrange :func:`model_weights` for the step: the embedding folded into the first
-    layer's input projection (a row lookup per token instead of a matmul), GRU biases split."""
+    layer's input projection (a row lookup per token instead of a matmul), GRU biases split,
+    the embedding kept as the output matrix when tied."""
+    cell = config.cell
     layers = []
     for i, w in enumerate(weights["layers"]):
         kernel, bias = w["kernel"], w["bias"]
@@ -103,7 +105,8 @@ def step_weights(weights: dict, cell: str) -> dict:
         if i == 0:
             layer["table"] = weights["embedding"] @ kernel + input_bias
         layers.append(layer)
-    return {"layers": layers, "head": weights["head"], "head_bias": weights["head_bias"]}
+    tied = weights["embedding"] if config.tie_embeddings else None
+    return {"layers": layers, "head": list(weights["head"]), "tied": tied}
 
 
 class Generator:
@@ -129,14 +132,15 @@ class Generator:
         import jax.numpy as jnp
         from jax.nn import sigmoid
 
-        self.config = config
+        self.config = config = config.for_vocabulary(tokenizer.vocab_size)
         self.tokenizer = tokenizer
         self.block = block
         self._source = weights
         # Fixed weights go to the device once, not at every call.
         self._fixed = (None if callable(weights) else
-                       jax.device_put(step_weights(weights, config.cell)))
+                       jax.device_put(step_weights(weights, config)))
         cell = config.cell
+        xp = jax_ops()
 
         def step(weights, tokens, states):
             # One step of the network (the maths of Keras' LSTM/GRU cells).
@@ -163,7 +167,8 @@ class Generator:
                     h = z * h + (1 - z) * candidate
                     new_states.append(h)
                 x = h
-            logits = x @ weights["head"] + weights["head_bias"]
+            logits = output_log_probs(xp, x, weights["head"], config.softmax, config.cutoffs,
+                                      weights["tied"])
             return logits.astype(jnp.float32), new_states
 
         def consume(weights, states, logits, tokens, mask):
@@ -229,7 +234,7 @@ class Generator:
         """The weights, rearranged for the step."""
         if self._fixed is not None:
             return self._fixed
-        return step_weights(self._source(), self.config.cell)
+        return step_weights(self._source(), self.config)
 
     def _check_shapes(self) -> None:
         c, w = self.config, self._weights()
@@ -239,7 +244,14 @@ class Generator:
             inputs = c.embedding_dim if i == 0 else c.units
             expected += [((inputs, gates * c.units), layer["kernel"]),
                          ((c.units, gates * c.units), layer["recurrent"])]
-        expected.append(((c.units, self.tokenizer.vocab_size), w["head"]))
+        shapes = output_shapes(c.softmax, c.cutoffs, c.units, self.tokenizer.vocab_size,
+                               c.tie_embeddings)
+        if len(shapes) != len(w["head"]):
+            raise LstmgenError(
+                f"the checkpoint's output layer has {len(w['head'])} arrays where the model "
+                f"needs {len(shapes)}",
+                hint="the file is damaged or from another run; retrain or restore it")
+        expected += list(zip(shapes, w["head"]))
         for shape, array in expected:
             if tuple(array.shape) != shape:
                 raise LstmgenError(
@@ -273,7 +285,7 @@ class Generator:
         c = self.config
         states = [np.zeros((batch, c.units), np.float32)
                   for _ in range(c.layers * c.states_per_layer)]
-        logits = np.zeros((batch, weights["head"].shape[1]), np.float32)
+        logits = np.zeros((batch, self.tokenizer.vocab_size), np.float32)
         return self._consume(weights, states, logits, tokens, mask)
 
     def stream(
@@ -292,7 +304,7 @@ class Generator:
         strings per block). ``prime`` may be one text for all samples or one per sample;
         ``block`` tokens per block (default: the generator's)."""
         weights = self._weights()
-        sampling = Sampling(temperature, top_k, top_p).validate(weights["head"].shape[1])
+        sampling = Sampling(temperature, top_k, top_p).validate(self.tokenizer.vocab_size)
         if not isinstance(length, int) or length < 0:
             raise LstmgenError(f"length must be an integer >= 0, got {length!r}")
         if isinstance(prime, str):

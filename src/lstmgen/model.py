@@ -7,7 +7,7 @@ cell step per token with the recurrent state carried.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -32,6 +32,11 @@ class ModelConfig:
     cell: str = "lstm"
     # Variational dropout on the recurrent state (one mask per sequence, Gal & Ghahramani).
     recurrent_dropout: float = 0.0
+    # The output layer (lstmgen.heads): "full", "adaptive" (for large vocabularies), or
+    # "auto" (adaptive from 8192 tokens; a run stores what it resolved to).
+    softmax: str = "auto"
+    cutoffs: list[int] | None = None  # adaptive softmax clusters (default: heads.default_cutoffs)
+    tie_embeddings: bool = False  # the output matrix is the embedding matrix
 
     def validate(self) -> ModelConfig:
         for name in ("embedding_dim", "units", "layers"):
@@ -44,7 +49,35 @@ class ModelConfig:
                 raise LstmgenError(f"{name.replace('_', '-')} must be in [0, 1), got {value!r}")
         if self.cell not in CELLS:
             raise LstmgenError(f"unknown cell {self.cell!r}", hint="use lstm or gru")
+        from lstmgen.heads import SOFTMAXES
+
+        if self.softmax not in SOFTMAXES:
+            raise LstmgenError(f"unknown softmax {self.softmax!r}",
+                               hint=f"use one of {', '.join(SOFTMAXES)}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise LstmgenError(f"tie-embeddings must be true or false, got "
+                               f"{self.tie_embeddings!r}")
+        if self.tie_embeddings and self.embedding_dim != self.units:
+            raise LstmgenError(
+                f"tied embeddings need --embedding-dim equal to --units (got "
+                f"{self.embedding_dim} and {self.units})",
+                hint=f"add --embedding-dim {self.units}, or drop --tie-embeddings")
         return self
+
+    def for_vocabulary(self, vocab_size: int) -> ModelConfig:
+        """This config with ``softmax`` and ``cutoffs`` resolved for ``vocab_size`` tokens.
+
+        Example:
+            >>> ModelConfig().for_vocabulary(33278).cutoffs
+            [2000, 10000]
+        """
+        from lstmgen.heads import check_cutoffs, default_cutoffs, resolve_softmax
+
+        softmax = resolve_softmax(self.softmax, vocab_size)
+        if softmax == "full":
+            return replace(self, softmax=softmax, cutoffs=None)
+        cutoffs = self.cutoffs or default_cutoffs(vocab_size)
+        return replace(self, softmax=softmax, cutoffs=check_cutoffs(cutoffs, vocab_size))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +85,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
+        data = {"softmax": "full", **data}  # runs saved before the setting had a full softmax
         return cls(**{k: v for k, v in data.items() if k in known}).validate()
 
     @property
@@ -75,12 +109,10 @@ class LanguageModel:
     def __init__(self, config: ModelConfig, vocab_size: int, initialize: bool = True):
         import keras
 
-        self.config = config.validate()
+        self.config = config = config.validate().for_vocabulary(vocab_size)
         self.vocab_size = vocab_size
         # Weights about to be loaded need no random (orthogonal: a QR) initialisation, and
         # host zeros: a JAX initializer compiles one small XLA program per weight shape.
-        init = {} if initialize else {"kernel_initializer": _host_zeros,
-                                      "bias_initializer": _host_zeros}
         rnn_init = {} if initialize else {"kernel_initializer": _host_zeros,
                                           "recurrent_initializer": _host_zeros,
                                           "bias_initializer": _host_zeros}
@@ -103,7 +135,11 @@ class LanguageModel:
         if self._fold:
             self.rnns[0].fold_embedding(self.embedding)
         self.output_dropout = keras.layers.Dropout(config.dropout, name="output_dropout")
-        self.head = keras.layers.Dense(vocab_size, name="logits", **init)
+        from lstmgen.heads import make_output_layer
+
+        self.head = make_output_layer(
+            config.softmax, config.cutoffs, vocab_size,
+            embedding=self.embedding if config.tie_embeddings else None, initialize=initialize)
 
         tokens = keras.Input((None,), dtype="int32", name="tokens")
         self.training_model = keras.Model(tokens, self._apply(tokens), name="lstmgen")
@@ -155,8 +191,15 @@ class LanguageModel:
 
     def flops_per_token(self) -> int:
         """Forward + backward FLOPs per trained token (6 x multiply-adds of the matmuls)."""
+        from lstmgen.heads import output_shapes
+
         c = self.config
         gates = 4 if c.cell == "lstm" else 3
         rnn = sum(gates * c.units * ((c.embedding_dim if i == 0 else c.units) + c.units)
                   for i in range(c.layers))
-        return 6 * (rnn + c.units * self.vocab_size)
+        shapes = output_shapes(c.softmax, c.cutoffs, c.units, self.vocab_size,
+                               c.tie_embeddings)
+        head = sum(int(np.prod(s)) for s in shapes if len(s) == 2)
+        if c.tie_embeddings:
+            head += c.units * (self.vocab_size if c.softmax == "full" else c.cutoffs[0])
+        return 6 * (rnn + head)

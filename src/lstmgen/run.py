@@ -218,6 +218,7 @@ class TrainedModel:
             "best_val_loss": self.state.get("best_val_loss"),
             "best_val_bpc": self.state.get("best_val_bpc"),
             "best_val_fresh_start": self.state.get("best_val_fresh_start"),
+            "best_val_word_perplexity": self.state.get("best_val_word_perplexity"),
             "best_step": self.state.get("best_step"),
         }
 

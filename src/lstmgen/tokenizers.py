@@ -14,21 +14,30 @@ vocabulary knows; a character with no known part becomes the *fallback* characte
 frequent character of the training text (usually the space). Callers are told how many
 characters were mapped, so nothing is renumbered silently.
 
-Words (word tokenizer): text is split into tokens that concatenate back to it exactly —
+Words (word tokenizer): text is split into tokens that concatenate back to it exactly, one
+step per word, as GPT-2's tokens carry their space —
 
-- a *word*: a run of letters and digits (``str.isalnum``), which may hold inner apostrophes
-  or hyphens (``don't``, ``well-known``, ``l’homme``); an underscore is punctuation;
-- each Chinese/Japanese ideograph or kana on its own (those scripts write no spaces);
-- each other non-space character on its own (punctuation: ``,`` ``"`` ``@``);
-- each ``\\n``, and each run of other whitespace (``" "``, ``"    "``, ``"\\t"``);
-- the marker ``<unk>`` itself, read as the unknown token (text that already marks unknown
-  words, like WikiText, round-trips exactly).
+- a *word* with the single space before it, if any (``" cat"``, ``"The"``): a run of letters
+  and digits (``str.isalnum``), which may hold inner apostrophes or hyphens (``" don't"``,
+  ``" well-known"``, ``" l’homme"``); an underscore is punctuation;
+- each Chinese/Japanese ideograph or kana on its own, also with a space before it (those
+  scripts write no spaces);
+- each other non-space character, with the space before it (punctuation: ``","``, ``" ("``);
+- each ``\n``, and each other run of whitespace less the one space that goes with the next
+  word (``"    return"`` is ``"   "``, ``" return"``);
+- the marker ``<unk>`` itself (or ``" <unk>"``), read as the unknown token (text that already
+  marks unknown words, like WikiText, round-trips exactly).
 
-The vocabulary holds ``<unk>`` (id 0), every whitespace character seen, and the most frequent
-tokens up to ``vocab_size`` (default 10,000), counted in one streaming pass. An unseen word or
-mark becomes ``<unk>`` and decodes as the visible text ``<unk>``; an unseen whitespace run is
-spelled with single whitespace characters, so layout survives. Callers are warned with the
-number of words mapped. Text whose every token is in the vocabulary round-trips exactly.
+The vocabulary holds ``<unk>`` (id 0) and ``" <unk>"`` (id 1), every whitespace character seen,
+and the most frequent tokens up to ``vocab_size`` (default 10,000), counted in one streaming
+pass, in order of frequency (the adaptive softmax relies on it). An unseen word or mark
+becomes ``<unk>`` (``" <unk>"`` when a space came with it) and decodes as that visible text,
+unless it is spelled exactly by known tokens: an unseen whitespace run by single whitespace
+characters, a word unseen after a space (``" Thou"`` where only ``"Thou"`` began lines) by
+``" "`` and the word.
+Callers are warned with the number of words mapped. Text whose every token is in the
+vocabulary round-trips exactly. Word runs saved before spaces were carried (no ``"spaces"``
+field in ``tokenizer.json``) keep their split, whitespace a token of its own.
 
 Byte-level BPE (bpe tokenizer): Hugging Face ``tokenizers`` learns merges over the UTF-8
 bytes of the text (each ``\\n`` kept apart, then GPT-2's pre-tokenizer), so every text
@@ -247,9 +256,14 @@ UNK = "<unk>"
 # Ideographs and kana: scripts written without spaces, so one token per character.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 _ALNUM = rf"[^\W_{_CJK}]"
-WORD_PATTERN = re.compile(
-    rf"{UNK}|{_ALNUM}+(?:['’\-]{_ALNUM}+)*|[{_CJK}]|\n|[^\S\n]+|\S"
+_WORD = rf"{_ALNUM}+(?:['’\-]{_ALNUM}+)*"
+# Runs saved before words carried their space: whitespace runs are tokens of their own.
+WORD_PATTERN = re.compile(rf"{UNK}|{_WORD}|[{_CJK}]|\n|[^\S\n]+|\S")
+# A word, ideograph or mark takes the one space before it; the rest of a run stays a token.
+SPACED_WORD_PATTERN = re.compile(
+    rf" ?{UNK}| ?{_WORD}| ?[{_CJK}]| ?\S|\n|[^\S\n]+(?= \S)|[^\S\n]+"
 )
+SPACED_UNK = " " + UNK
 
 
 class _Index(dict):
@@ -260,13 +274,14 @@ class _Index(dict):
 
 
 class WordTokenizer:
-    """Words, punctuation marks and whitespace as tokens, capped at ``vocab_size`` with
-    ``<unk>`` for the rest (see the module docs for the exact split).
+    """Words (with the space before them), punctuation marks and whitespace as tokens, capped
+    at ``vocab_size`` with ``<unk>`` for the rest (see the module docs for the exact split).
+    ``spaces=False`` is the split of runs saved before words carried their space.
 
     Example:
         >>> tok = WordTokenizer.fit(["the cat sat on the mat.\\n"])
-        >>> tok.split("the cat's mat")
-        ['the', ' ', "cat's", ' ', 'mat']
+        >>> tok.split("the cat's  mat")
+        ['the', " cat's", ' ', ' mat']
         >>> tok.decode(tok.encode("the mat sat on the cat.\\n"))
         'the mat sat on the cat.\\n'
         >>> tok.decode(tok.encode("the dog sat!", warn=False))  # unseen word and mark
@@ -277,11 +292,16 @@ class WordTokenizer:
     chars_per_token_is_one = False
     default_vocab_size = 10_000
 
-    def __init__(self, tokens: Iterable[str]):
+    def __init__(self, tokens: Iterable[str], spaces: bool = True):
         self.tokens = list(tokens)
         if not self.tokens or self.tokens[0] != UNK or len(set(self.tokens)) != len(self.tokens):
             raise LstmgenError("a word vocabulary must list distinct tokens, <unk> first")
+        if spaces and (len(self.tokens) < 2 or self.tokens[1] != SPACED_UNK):
+            raise LstmgenError("a word vocabulary with spaces must list ' <unk>' second")
+        self.spaces = spaces
+        self.pattern = SPACED_WORD_PATTERN if spaces else WORD_PATTERN
         self.unk_id = 0
+        self.spaced_unk_id = 1 if spaces else 0
         self._index = _Index((t, i) for i, t in enumerate(self.tokens))
         self._lengths = np.array([len(t) for t in self.tokens], dtype=np.int64)
 
@@ -289,28 +309,31 @@ class WordTokenizer:
     def vocab_size(self) -> int:
         return len(self.tokens)
 
-    @staticmethod
-    def split(text: str) -> list[str]:
+    def split(self, text: str) -> list[str]:
         """The tokens of ``text`` before any vocabulary lookup; they join back to ``text``."""
-        return WORD_PATTERN.findall(text)
+        return self.pattern.findall(text)
 
     @classmethod
-    def fit(cls, chunks: Iterable[str], vocab_size: int | None = None,
+    def fit(cls, chunks: Iterable[str], vocab_size: int | None = None, spaces: bool = True,
             **unused) -> WordTokenizer:
         """Count tokens over ``chunks`` in one pass (memory grows with the number of distinct
         tokens, not the corpus) and keep the most frequent, ``vocab_size`` in all."""
         cap = cls.default_vocab_size if vocab_size is None else int(vocab_size)
+        pattern = SPACED_WORD_PATTERN if spaces else WORD_PATTERN
         counts: Counter[str] = Counter()
         for chunk in chunks:
-            counts.update(WORD_PATTERN.findall(chunk))
+            counts.update(pattern.findall(chunk))
         if not counts:
             raise LstmgenError("the corpus is empty", hint="pass files that contain text")
-        counts.pop(UNK, None)
-        spaces = sorted({c for token in counts if token.isspace() for c in token})
-        if cap < 1 + len(spaces) + 1:
+        unknown = [UNK, SPACED_UNK] if spaces else [UNK]
+        for marker in unknown:
+            counts.pop(marker, None)
+        whitespace = sorted({c for token in counts for c in token if c.isspace()})
+        if cap < len(unknown) + len(whitespace) + 1:
             raise LstmgenError(f"vocab_size {cap} is too small for a word vocabulary",
-                               hint=f"use at least {len(spaces) + 2}, e.g. 10000")
-        tokens = [UNK, *spaces]
+                               hint=f"use at least {len(unknown) + len(whitespace) + 1}, "
+                               "e.g. 10000")
+        tokens = [*unknown, *whitespace]
         taken = set(tokens)
         for token, _ in counts.most_common():
             if len(tokens) >= cap:
@@ -318,27 +341,40 @@ class WordTokenizer:
             if token not in taken:
                 tokens.append(token)
                 taken.add(token)
-        return cls(tokens)
+        return cls(tokens, spaces=spaces)
 
     def _lookup(self, parts: list[str]) -> np.ndarray:
         return np.fromiter(map(self._index.__getitem__, parts), dtype=np.int32,
                            count=len(parts))
 
+    def _spelling(self, part: str) -> list[int] | None:
+        """Known ids that spell an out-of-vocabulary token exactly, if any: a whitespace run
+        as single whitespace characters; a word with its space, unseen after a space, as the
+        space and the bare word."""
+        if part.isspace():
+            return [self._index.get(c, self.unk_id) for c in part]
+        if part.startswith(" ") and self.spaces:
+            rest = self._index[part[1:]]
+            if rest >= 0 and " " in self._index:
+                return [self._index[" "], rest]
+        return None
+
     def count_unknown(self, text: str) -> int:
-        """How many words or marks of ``text`` are outside the vocabulary."""
-        parts = WORD_PATTERN.findall(text)
+        """How many words or marks of ``text`` are outside the vocabulary (become <unk>)."""
+        parts = self.pattern.findall(text)
         missing = np.flatnonzero(self._lookup(parts) < 0)
-        return sum(1 for k in missing.tolist() if not parts[k].isspace())
+        return sum(1 for k in missing.tolist() if self._spelling(parts[k]) is None)
 
     def encode(self, text: str, unknown: str = "map", warn: bool = True) -> np.ndarray:
         """Ids of ``text`` (int32). ``unknown="map"`` maps unseen words to ``<unk>`` (and warns
         with a count when ``warn``); ``unknown="error"`` raises instead."""
-        parts = WORD_PATTERN.findall(text)
+        parts = self.pattern.findall(text)
         ids = self._lookup(parts)
         missing = np.flatnonzero(ids < 0).tolist()
         if not missing:
             return ids
-        unseen = [parts[k] for k in missing if not parts[k].isspace()]
+        spelled = {k: self._spelling(parts[k]) for k in missing}
+        unseen = [parts[k] for k in missing if spelled[k] is None]
         if unseen and unknown == "error":
             shown = ", ".join(repr(w) for w in sorted(set(unseen))[:10])
             raise LstmgenError(
@@ -352,15 +388,15 @@ class WordTokenizer:
                 UnknownTokensWarning,
                 stacklevel=2,
             )
-        ids[missing] = self.unk_id
+        for k in missing:
+            if spelled[k] is None:
+                ids[k] = self.spaced_unk_id if parts[k].startswith(" ") else self.unk_id
         if len(unseen) == len(missing):
             return ids
-        # Unseen whitespace runs (rare): spell each with single whitespace characters.
         pieces, start = [], 0
         for k in missing:
-            if parts[k].isspace():
-                spelled = [self._index.get(c, self.unk_id) for c in parts[k]]
-                pieces += [ids[start:k], np.asarray(spelled, dtype=np.int32)]
+            if spelled[k] is not None:
+                pieces += [ids[start:k], np.asarray(spelled[k], dtype=np.int32)]
                 start = k + 1
         pieces.append(ids[start:])
         return np.concatenate(pieces)
@@ -377,11 +413,11 @@ class WordTokenizer:
         return StreamDecoder(self)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "tokens": self.tokens}
+        return {"kind": self.kind, "tokens": self.tokens, "spaces": self.spaces}
 
     @classmethod
     def from_dict(cls, data: dict) -> WordTokenizer:
-        return cls(data["tokens"])
+        return cls(data["tokens"], spaces=data.get("spaces", False))
 
 
 def _byte_alphabet() -> list[str]:

@@ -37,7 +37,8 @@ SCHEDULES = ("constant", "cosine")
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_time", "early_stopping", "checkpoint_every",
                        "eval_every", "sample_length", "val_tokens", "tensorboard")
 METRIC_FIELDS = ("step", "epoch", "elapsed_s", "tokens", "learning_rate", "train_loss",
-                 "val_loss", "val_bpc", "val_perplexity", "val_fresh_start")
+                 "val_loss", "val_bpc", "val_perplexity", "val_word_perplexity",
+                 "val_fresh_start")
 
 
 @dataclass
@@ -132,6 +133,7 @@ class TrainingState:
     best_val_loss: float | None = None
     best_val_bpc: float | None = None
     best_val_fresh_start: float | None = None
+    best_val_word_perplexity: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
     finished: bool = False
@@ -242,6 +244,7 @@ def _prepare_run(corpus, run_path: Path, model, config: TrainConfig, tokenizer,
         verbose=verbose > 0,
     )
     config = _fit_batch_to_data(config, data)
+    model = model.for_vocabulary(fitted.vocab_size)  # the run records the softmax it gets
     if config.schedule_steps is None:  # the schedule's length is fixed when the run starts
         per_epoch = WindowOrder(data.meta.n_train, config.seq_len, config.batch_size,
                                 config.seed).batches_per_epoch
@@ -331,6 +334,7 @@ class Trainer:
         else:
             self.model = lm.training_model
         self.evaluator = Evaluator(lm, seq_len=config.seq_len)
+        self._val_words = None
         self.generator = None
         self.user_callbacks = list(callbacks or [])
         self._last_eval_step = None
@@ -490,8 +494,13 @@ class Trainer:
         self._last_eval_step = s.step
         val = None
         if self.data.meta.n_val > 1:
+            if self._val_words is None:  # the words of the text scored, counted once
+                from lstmgen.evaluation import count_words_in_ids
+
+                self._val_words = count_words_in_ids(self.tokenizer,
+                                                     self.data.val[: c.val_tokens])
             val = self.evaluator(self.data.val, chars=self.data.meta.n_val_chars,
-                                 max_tokens=c.val_tokens)
+                                 max_tokens=c.val_tokens, words=self._val_words)
         row = {
             "step": s.step, "epoch": s.epoch + (s.batch / self.order.batches_per_epoch),
             "elapsed_s": round(s.elapsed, 2), "tokens": s.step * c.batch_size * c.seq_len,
@@ -500,6 +509,7 @@ class Trainer:
             "val_loss": val.loss if val else None,
             "val_bpc": val.bits_per_char if val else None,
             "val_perplexity": val.perplexity if val else None,
+            "val_word_perplexity": val.word_perplexity if val else None,
             "val_fresh_start": val.fresh_start if val else None,
         }
         self.append_metrics(row)
@@ -509,14 +519,17 @@ class Trainer:
             if s.best_val_loss is None or val.loss < s.best_val_loss:
                 s.best_val_loss, s.best_val_bpc, s.best_step = val.loss, val.bits_per_char, s.step
                 s.best_val_fresh_start = val.fresh_start
+                s.best_val_word_perplexity = val.word_perplexity
                 s.evals_without_improvement = 0
                 self.save("best")
             else:
                 s.evals_without_improvement += 1
         if self.verbose:
             vtext = (f"val loss {val.loss:.4f}, {val.bits_per_char:.3f} bits/char, "
-                     f"perplexity {val.perplexity:.2f}, fresh start {_fmt(val.fresh_start)}"
-                     if val else "no validation split")
+                     f"perplexity {val.perplexity:.2f}"
+                     + (f" ({val.word_perplexity:.1f} per word)"
+                        if val.word_perplexity and self.tokenizer.kind != "char" else "")
+                     + f", fresh start {_fmt(val.fresh_start)}" if val else "no validation split")
             print(f"step {s.step}: train loss {_fmt(row['train_loss'])}, {vtext}", flush=True)
         self.plot()
 
