@@ -1,16 +1,21 @@
-"""WikiText-2, word level: train on wiki.train.tokens for a wall-clock budget (validation on
-wiki.valid.tokens), then report perplexity on the whole of wiki.test.tokens.
+"""WikiText-2, word level: lstmgen against a PyTorch baseline, side by side, at equal wall time.
 
-lstmgen's word tokenizer keeps spaces and newlines as tokens, so its per-token perplexity is
-not the published one. The published figure is per *word*: whitespace-separated tokens plus
-one ``<eos>`` per line (245,569 in the test set). The script therefore also reports
-``exp(total test NLL / published word count)``: the same probability of the same text,
-divided by the same count as the papers use. Every test word is in the training
-vocabulary (WikiText marks rare words with ``<unk>``, and lstmgen reads that as its own
-unknown token), so nothing is merged into ``<unk>`` beyond what the dataset already does.
+Both train on ``wiki.train.tokens`` for the same budget on the same cores, one after the other,
+then score ``wiki.valid.tokens`` and ``wiki.test.tokens``. Perplexity is per *word*, as
+published: whitespace-separated tokens plus one ``<eos>`` per line (245,569 in the test set);
+lstmgen's word tokens carry their space, so about one token is one word, and its figure is
+``exp(total NLL / words)`` of the same text (``lstmgen.evaluation.count_words``).
 
-    python bench/bench_wikitext2.py                       # 600 s budget
-    python bench/bench_wikitext2.py --budget 270 --units 256
+The PyTorch baseline is PyTorch's own ``word_language_model`` example as it trains by default
+(pytorch/examples, ``main.py``): ``nn.Embedding -> nn.LSTM -> nn.Linear`` over the full 33,278
+word vocabulary, 2 x 200 units, embedding 200, dropout 0.2, batch 20 x 35 with the state
+carried, SGD at lr 20 with gradient clipping 0.25, the learning rate divided by 4 when the
+validation loss stops improving. Words/s counts training words (incl. ``<eos>``) per second of
+training, evaluations excluded for both.
+
+    python bench/bench_wikitext2.py                        # 600 s each, lstmgen's word defaults
+    python bench/bench_wikitext2.py --system lstmgen --budget 1800
+    python bench/bench_wikitext2.py --budget 120 --units 200 --layers 2 --softmax full
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -25,90 +31,197 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import data_dir, header  # noqa: E402
+from _common import data_dir, header, load  # noqa: E402
 
+os.environ.setdefault("KERAS_BACKEND", "jax")
 AWD_LSTM_TEST_PPL = 65.8  # Merity, Keskar, Socher 2017 (arXiv:1708.02182), GPU-days
 
 
-def published_word_count(path: Path) -> int:
-    """Whitespace tokens plus one ``<eos>`` per line, as in Merity et al. 2016."""
-    with open(path, encoding="utf-8") as f:
-        return sum(len(line.split()) + 1 for line in f)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=600.0, help="training seconds")
-    parser.add_argument("--vocab-size", type=int, default=40_000,
-                        help="word vocabulary cap (default 40000: all of WikiText-2)")
-    parser.add_argument("--units", type=int, default=256)
-    parser.add_argument("--embedding-dim", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--val-tokens", type=int, default=20_000,
-                        help="validation tokens per evaluation during training")
-    parser.add_argument("--test-tokens", type=int, default=None,
-                        help="score only this many test tokens (default: the whole test set)")
-    parser.add_argument("--out", default=None, help="run folder (default: a temporary one)")
-    args = parser.parse_args()
-
-    import lstmgen
-    from lstmgen.corpus import iter_corpus_text
-    from lstmgen.tokenizers import UnknownTokensWarning
-
+def wikitext() -> Path:
     folder = data_dir()
     wiki = folder / "wikitext2" if folder else None
     if not wiki or not (wiki / "wiki.train.tokens").is_file():
         sys.exit("WikiText-2 not found: set LSTMGEN_DATA to the folder holding wikitext2/")
-    header("WikiText-2 word level")
-    out = Path(args.out or tempfile.mkdtemp(prefix="wt2-")) / "run"
-    model_config = lstmgen.ModelConfig(units=args.units, embedding_dim=args.embedding_dim,
-                                       layers=args.layers)
+    return wiki
+
+
+# -- lstmgen ---------------------------------------------------------------------------------
+def run_lstmgen(wiki: Path, args) -> dict:
+    import lstmgen
+    from lstmgen.evaluation import count_words
+    from lstmgen.tokenizers import UnknownTokensWarning
+
+    overrides = {k: v for k, v in dict(
+        units=args.units, embedding_dim=args.embedding_dim, layers=args.layers,
+        dropout=args.dropout, softmax=args.softmax,
+        tie_embeddings=args.tie_embeddings).items() if v is not None}
+    from dataclasses import replace
+
+    model = replace(lstmgen.ModelConfig.defaults("word"), **overrides)
+    train = lstmgen.TrainConfig.defaults("word")
+    train_overrides = {k: v for k, v in dict(batch_size=args.batch_size, seq_len=args.seq_len,
+                                             learning_rate=args.learning_rate).items()
+                       if v is not None}
+    out = Path(tempfile.mkdtemp(prefix="wt2-")) / "run"
     started = time.perf_counter()
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UnknownTokensWarning)  # the vocabulary must cover val
+        warnings.simplefilter("error", UnknownTokensWarning)  # the vocabulary covers val
         trained = lstmgen.train(
             wiki / "wiki.train.tokens", out=out, tokenizer="word",
-            tokenizer_options={"vocab_size": args.vocab_size}, val=wiki / "wiki.valid.tokens",
-            model=model_config, batch_size=args.batch_size, seq_len=args.seq_len,
-            learning_rate=args.learning_rate, max_time=args.budget, epochs=1000,
-            val_tokens=args.val_tokens, eval_every=200, checkpoint_every=200,
-            sample_length=0, overwrite=True, verbose=0,
+            tokenizer_options={"vocab_size": 40_000}, val=wiki / "wiki.valid.tokens",
+            model=model, config=train, max_time=args.budget, epochs=1000,
+            val_tokens=20_000, eval_every=10**9, checkpoint_every=10**9, sample_length=0,
+            overwrite=True, verbose=0, **train_overrides,
         )
-    train_wall = time.perf_counter() - started
+    wall = time.perf_counter() - started
     info = trained.info()
-    started = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UnknownTokensWarning)
-        result = trained.evaluate(wiki / "wiki.test.tokens", max_tokens=args.test_tokens)
-    test_wall = time.perf_counter() - started
-    test = wiki / "wiki.test.tokens"
-    words = published_word_count(test)
-    all_tokens = sum(len(trained.tokenizer.encode(c, warn=False))
-                     for c in iter_corpus_text(test))
-    words_scored = words * result.tokens / max(all_tokens - 1, 1)
-    word_ppl = math.exp(result.nll / words_scored)
-    report = {
-        "config": {"model": info["model"], "train": {k: info["train"][k] for k in (
-            "batch_size", "seq_len", "learning_rate", "max_time", "val_tokens")},
-            "vocab_size": info["vocab_size"], "parameters": info["parameters"]},
-        "train_tokens": info["corpus"]["train_tokens"],
-        "steps": info["step"], "epochs": round(info["step"] * args.batch_size * args.seq_len
-                                              / info["corpus"]["train_tokens"], 3),
-        "train_wall_s": round(train_wall, 1), "test_eval_wall_s": round(test_wall, 1),
-        "best_val_loss_per_token": info["best_val_loss"],
-        "test_tokens_scored": result.tokens, "test_tokens_total": all_tokens - 1,
-        "test_unknown_warnings": len(caught),
-        "test_loss_per_token": round(result.loss, 4),
-        "test_perplexity_per_token": round(result.perplexity, 2),
-        "test_bits_per_char": round(result.bits_per_char, 4),
-        "test_words_published_count": words,
-        "test_perplexity_per_word": round(word_ppl, 1),
-        "awd_lstm_test_perplexity": AWD_LSTM_TEST_PPL,
+    train_text = (wiki / "wiki.train.tokens").read_text(encoding="utf-8")
+    words_per_token = count_words(train_text) / info["corpus"]["train_tokens"]
+    c = trained.run.config["train"]
+    tokens = info["step"] * c["batch_size"] * c["seq_len"]
+    seconds = trained.state["elapsed"]
+    val = trained.evaluate(wiki / "wiki.valid.tokens")
+    test = trained.evaluate(wiki / "wiki.test.tokens")
+    sample = trained.generate(" The", 60, temperature=0.8, seed=0)[0]
+    return {
+        "system": "lstmgen", "model": info["model"], "batch": [c["batch_size"], c["seq_len"]],
+        "learning_rate": c["learning_rate"], "vocab_size": info["vocab_size"],
+        "parameters": info["parameters"], "steps": info["step"],
+        "epochs": round(tokens / info["corpus"]["train_tokens"], 3),
+        "train_s": round(seconds, 1), "wall_s": round(wall, 1),
+        "words_per_s": round(tokens * words_per_token / seconds),
+        "val_ppl_per_word": round(val.word_perplexity, 1),
+        "test_ppl_per_word": round(test.word_perplexity, 1),
+        "test_words": test.words, "sample": " The" + sample,
     }
-    print(json.dumps(report, indent=2))
+
+
+# -- the PyTorch baseline (pytorch/examples word_language_model, main.py defaults) -----------
+def run_pytorch(wiki: Path, args) -> dict:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(1111)
+    torch.set_num_threads(os.cpu_count() or 1)
+    vocab: dict[str, int] = {}
+
+    def tokenize(path: Path) -> torch.Tensor:
+        ids = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                for word in line.split() + ["<eos>"]:
+                    ids.append(vocab.setdefault(word, len(vocab)))
+        return torch.tensor(ids, dtype=torch.long)
+
+    train, val, test = (tokenize(wiki / f"wiki.{s}.tokens") for s in ("train", "valid", "test"))
+
+    def batchify(data, rows):
+        n = data.size(0) // rows
+        return data[: n * rows].view(rows, -1).t().contiguous()
+
+    bptt, units, ntokens = 35, 200, len(vocab)
+
+    class RNNModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = nn.Dropout(0.2)
+            self.encoder = nn.Embedding(ntokens, units)
+            self.rnn = nn.LSTM(units, units, 2, dropout=0.2)
+            self.decoder = nn.Linear(units, ntokens)
+            nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+            nn.init.zeros_(self.decoder.bias)
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+        def forward(self, x, hidden):
+            out, hidden = self.rnn(self.drop(self.encoder(x)), hidden)
+            return self.decoder(self.drop(out)).view(-1, ntokens), hidden
+
+    model, criterion = RNNModel(), nn.CrossEntropyLoss()
+
+    def zeros(rows):
+        return tuple(torch.zeros(2, rows, units) for _ in range(2))
+
+    def evaluate(data) -> float:
+        model.eval()
+        source, total, hidden = batchify(data, 10), 0.0, zeros(10)
+        with torch.no_grad():
+            for i in range(0, source.size(0) - 1, bptt):
+                n = min(bptt, source.size(0) - 1 - i)
+                out, hidden = model(source[i : i + n], hidden)
+                total += n * criterion(out, source[i + 1 : i + 1 + n].reshape(-1)).item()
+        return total / (source.size(0) - 1)
+
+    lr, best, trained_s, words = 20.0, None, 0.0, 0
+    data = batchify(train, 20)
+    evals = 4  # the learning-rate annealing needs validation figures: a few over the budget
+    while trained_s < args.budget:
+        hidden = zeros(20)
+        for i in range(0, data.size(0) - 1, bptt):
+            started = time.perf_counter()
+            model.train()
+            n = min(bptt, data.size(0) - 1 - i)
+            hidden = tuple(h.detach() for h in hidden)
+            model.zero_grad()
+            out, hidden = model(data[i : i + n], hidden)
+            criterion(out, data[i + 1 : i + 1 + n].reshape(-1)).backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(p.grad, alpha=-lr)
+            trained_s += time.perf_counter() - started
+            words += n * 20
+            if trained_s >= args.budget * len(range(evals)) / evals and evals > 1:
+                evals -= 1
+                loss = evaluate(val[:20_000])
+                if best is not None and loss >= best:
+                    lr /= 4.0
+                best = loss if best is None else min(best, loss)
+            if trained_s >= args.budget:
+                break
+    return {
+        "system": "pytorch word_language_model", "model": "2 x LSTM 200, embedding 200, "
+        "dropout 0.2, full softmax", "batch": [20, bptt], "vocab_size": ntokens,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "epochs": round(words / train.numel(), 3), "train_s": round(trained_s, 1),
+        "words_per_s": round(words / trained_s), "final_lr": lr,
+        "val_ppl_per_word": round(math.exp(evaluate(val)), 1),
+        "test_ppl_per_word": round(math.exp(evaluate(test)), 1), "test_words": test.numel(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=600.0, help="training seconds each")
+    parser.add_argument("--system", choices=("both", "lstmgen", "pytorch"), default="both")
+    parser.add_argument("--units", type=int, default=None)
+    parser.add_argument("--embedding-dim", type=int, default=None)
+    parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--dropout", type=float, default=None)
+    parser.add_argument("--softmax", choices=("full", "adaptive"), default=None)
+    parser.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction,
+                        default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seq-len", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    args = parser.parse_args()
+    wiki = wikitext()
+    header(f"bench_wikitext2: {args.system}, {args.budget:.0f} s of training each")
+    results = []
+    if args.system in ("both", "lstmgen"):
+        results.append(run_lstmgen(wiki, args))
+        print(json.dumps(results[-1], indent=2), flush=True)
+    if args.system in ("both", "pytorch"):
+        results.append(run_pytorch(wiki, args))
+        print(json.dumps(results[-1], indent=2), flush=True)
+    print("\n| system | words/s | epochs | val ppl/word | test ppl/word |")
+    print("|---|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['system']} | {r['words_per_s']:,} | {r['epochs']} | "
+              f"{r['val_ppl_per_word']} | {r['test_ppl_per_word']} |")
+    if len(results) == 2:
+        ratio = results[0]["words_per_s"] / results[1]["words_per_s"]
+        print(f"\nlstmgen / PyTorch words/s: {ratio:.2f}x")
+    print(f"(AWD-LSTM, GPU-days: test {AWD_LSTM_TEST_PPL})\nend: {load()}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -85,14 +86,28 @@ def test_evaluate_and_info(trained_run, small_text):
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     assert figures["tokens"] == len(small_text.read_text(encoding="utf-8")) - 1
-    assert 0 < figures["bits_per_char"] < 8
+    model = lstmgen.load(out)
+    # one character per token: bits/char is the loss in bits, and training beat chance
+    assert figures["bits_per_char"] == pytest.approx(figures["loss"] / math.log(2))
+    assert figures["loss"] < math.log(model.tokenizer.vocab_size) - 0.5
+    assert figures["loss"] == pytest.approx(model.evaluate(small_text).loss, rel=1e-6)
+    assert figures["fresh_start"] > figures["loss"] and figures["fresh_start_window"] == 8
+    assert figures["fresh_tokens"] == 8 * (1 + (figures["tokens"] - 8) // 64)
+    text = run_cli("evaluate", out, small_text)
+    assert f"fresh start     {figures['fresh_start']:.4f} nats/token" in text.stdout
     reset = run_cli("evaluate", out, small_text, "--json", "--reset-state")
     assert reset.returncode == 0, reset.stderr
     assert json.loads(reset.stdout)["tokens"] == figures["tokens"]
     assert json.loads(reset.stdout)["loss"] != figures["loss"]
     info = run_cli("info", out)
     assert info.returncode == 0, info.stderr
-    assert "parameters" in info.stdout and "best validation" in info.stdout
+    state = model.state
+    assert f"parameters      {model.lm.count_params():,}" in info.stdout
+    assert f"best validation {state['best_val_loss']:.4f} nats/token" in info.stdout
+    assert f"fresh start   {state['best_val_fresh_start']:.4f}" in info.stdout
+    as_json = json.loads(run_cli("info", out, "--json").stdout)
+    assert as_json["step"] == lstmgen.load(out).state["step"] == 30
+    assert as_json["best_val_fresh_start"] == state["best_val_fresh_start"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -68,10 +68,16 @@ def test_stream_blocks_join_to_generate():
 
 def test_prime_edge_cases():
     gen, tok, _ = make_generator()
-    assert len(gen.generate("", length=10, seed=0)[0]) == 10
-    with pytest.warns(UserWarning, match="outside the vocabulary"):
-        out = gen.generate("Ünïcödé ☃ 🙂", length=5, seed=0)[0]
-    assert len(out) == 5 and set(out) <= set(tok.chars)
+    assert "e" in tok.chars and "é" not in tok.chars and tok.fallback == " "
+    # Unseen prime characters map as the README says: é -> e, ﬁ -> fi, else the most
+    # frequent character; the continuation is that of the mapped prime, token for token.
+    for prime, mapped in (("Béfore", "Before"), ("ﬁrst", "first"), ("a☃b", "a b")):
+        with pytest.warns(UserWarning, match="outside the vocabulary"):
+            assert tok.decode(gen.encode_prime(prime)) == mapped
+            out = gen.generate(prime, length=12, seed=4)[0]
+        assert out == gen.generate(mapped, length=12, seed=4)[0]
+    # An empty prime starts as if at the start of a line.
+    assert gen.generate("", length=10, seed=0) == gen.generate("\n", length=10, seed=0)
     assert gen.generate("abc", length=0) == [""]
     assert len(gen.generate(["F", "Before we proceed"], length=4, seed=0)) == 2
 

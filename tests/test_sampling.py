@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from lstmgen.sampling import Sampling, filter_logits
 
@@ -28,3 +29,66 @@ def test_temperature_scales_logits():
 def test_sampling_settings():
     assert Sampling(temperature=0).greedy
     assert Sampling(top_k=500).validate(vocab_size=65).top_k == 65
+
+
+# -- end to end: what the compiled generation draws, against the distribution it promises ----
+def expected_distribution(logits, temperature, top_k=0, top_p=1.0):
+    """softmax(logits / temperature) restricted to the top-k tokens, then to the smallest set
+    of those whose probability reaches top_p (the README's order), renormalised (float64)."""
+    z = np.asarray(logits, np.float64) / temperature
+    order = np.argsort(-z)
+    keep = order[:top_k] if top_k else order
+    p = np.exp(z[keep] - z[keep].max())
+    p /= p.sum()
+    if top_p < 1.0:
+        reached = np.cumsum(p) - p < top_p  # the tokens before which the mass is below p
+        keep, p = keep[reached], p[reached]
+        p /= p.sum()
+    out = np.zeros(len(z))
+    out[keep] = p
+    return out
+
+
+def draws(generator, prime, n, **sampling):
+    """The first token of ``n`` samples of one batch: ``n`` independent draws at one step."""
+    texts = generator.generate(prime, length=1, num_samples=n, seed=11, **sampling)
+    ids = generator.tokenizer.encode("".join(texts), warn=False)
+    assert len(ids) == n
+    return np.bincount(ids, minlength=generator.tokenizer.vocab_size) / n
+
+
+def step_logits(generator, prime):
+    _, logits = generator.prime_states([generator.encode_prime(prime)])
+    return np.asarray(logits)[0]
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.5])
+def test_sampled_frequencies_follow_softmax_over_temperature(trained_run, temperature):
+    model, _ = trained_run
+    gen = model.generator
+    logits = step_logits(gen, "First Cit")
+    expected = expected_distribution(logits, temperature)
+    assert expected.max() < 0.9  # a real distribution to sample, not a sure thing
+    seen = draws(gen, "First Cit", 6000, temperature=temperature)
+    # total variation of 6,000 draws from the right distribution stays well below 0.05
+    assert 0.5 * np.abs(seen - expected).sum() < 0.05
+    flat = expected_distribution(logits, temperature * 3)
+    assert 0.5 * np.abs(seen - flat).sum() > 0.05  # and the test can tell a wrong one
+
+
+def test_top_k_and_top_p_draw_only_from_their_sets_as_documented(trained_run):
+    model, _ = trained_run
+    gen = model.generator
+    logits = step_logits(gen, "the ")
+    ranked = np.argsort(-logits)
+    seen = draws(gen, "the ", 6000, temperature=1.0, top_k=5)
+    assert set(np.flatnonzero(seen)) <= set(ranked[:5]) and len(np.flatnonzero(seen)) == 5
+    assert 0.5 * np.abs(seen - expected_distribution(logits, 1.0, top_k=5)).sum() < 0.04
+    probs = expected_distribution(logits, 1.0)
+    smallest = int(np.searchsorted(np.cumsum(probs[ranked]), 0.6) + 1)  # mass >= 0.6
+    seen = draws(gen, "the ", 6000, temperature=1.0, top_p=0.6)
+    assert set(np.flatnonzero(seen)) == set(ranked[:smallest])
+    both = expected_distribution(logits, 0.7, top_k=3, top_p=0.8)
+    seen = draws(gen, "the ", 6000, temperature=0.7, top_k=3, top_p=0.8)
+    assert set(np.flatnonzero(seen)) == set(np.flatnonzero(both))
+    assert 0.5 * np.abs(seen - both).sum() < 0.04

@@ -5,6 +5,7 @@ end-to-end train / generate / evaluate with the word and BPE tokenizers."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -246,25 +247,47 @@ def test_bpe_rejects_a_vocabulary_smaller_than_the_bytes():
 # -- end to end -------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["word", "bpe"])
 def test_train_generate_evaluate(kind, tmp_path, small_text):
+    import collections
+    import math
+
     import lstmgen
 
     text = small_text.read_text(encoding="utf-8")[:8000]
+    text = text[: text.rfind("\n") + 1]
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
+    corpus.write_text(text, encoding="utf-8")
     model = lstmgen.train(
         corpus, out=tmp_path / "run", tokenizer=kind, tokenizer_options={"vocab_size": 300},
-        max_steps=5, batch_size=8, seq_len=32, model=lstmgen.ModelConfig(units=32,
-        embedding_dim=16), sample_length=0, verbose=0,
+        max_steps=300, epochs=1000, batch_size=8, seq_len=32, learning_rate=1e-2,
+        val_fraction=0.0,
+        model=lstmgen.ModelConfig(units=64, embedding_dim=32, dropout=0.0), sample_length=0,
+        verbose=0,
     )
-    loaded = lstmgen.load(tmp_path / "run")
+    loaded = lstmgen.load(tmp_path / "run", checkpoint="last")
     assert loaded.tokenizer.kind == kind and loaded.tokenizer.vocab_size <= 300
     assert loaded.tokenizer.encode("the").tolist() == model.tokenizer.encode("the").tolist()
-    samples = loaded.generate("First", length=20, seed=0, num_samples=2)
-    assert len(samples) == 2 and all(isinstance(s, str) and s for s in samples)
+    # Trained, the model beats what token frequencies alone give, by a margin.
+    ids = loaded.tokenizer.encode(text, warn=False)
+    counts = collections.Counter(ids.tolist())
+    unigram = -sum(n / len(ids) * math.log(n / len(ids)) for n in counts.values())
+    on_train = loaded.evaluate(corpus)
+    assert on_train.loss < unigram - 0.5, (on_train.loss, unigram)
+    assert on_train.word_perplexity == pytest.approx(
+        math.exp(on_train.nll / (len(text.split()) + text.count("\n"))))
+    samples = loaded.generate("First", length=60, seed=0, num_samples=4, temperature=0.7)
+    assert len(samples) == 4 and all(isinstance(s, str) and s for s in samples)
+    if kind == "word":
+        # Words carry their spaces: what the model writes is made of the corpus's own
+        # space-separated pieces (no glued words) and its own runs of whitespace.
+        pieces = set(text.split())
+        written = [w for w in " ".join(samples).split() if UNK not in w]  # 300 words: many
+        assert sum(w in pieces for w in written) / len(written) > 0.9
+        runs = set(re.findall(r"[^\S\n]+", text))  # of spaces and tabs
+        assert set().union(*(re.findall(r"[^\S\n]+", s) for s in samples)) <= runs
     held_out = small_text.read_text(encoding="utf-8")[20_000:24_000]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownTokensWarning)
         result = loaded.evaluate(iter([held_out]))
     assert result.chars == len(held_out)
     assert result.tokens == len(loaded.tokenizer.encode(held_out, warn=False)) - 1
-    assert 0 < result.bits_per_char < 20 and np.isfinite(result.perplexity)
+    assert result.words == len(held_out.split()) + held_out.count("\n")

@@ -131,10 +131,12 @@ def test_existing_run_is_not_overwritten(trained_run, small_text):
 
 
 def test_small_corpus_lowers_the_batch_size(tmp_path):
-    with pytest.warns(UserWarning, match="batch size lowered"):
-        model = lstmgen.train(iter(["abcdefghij\n" * 60]), out=tmp_path / "r", model=TINY,
+    text = "abcdefghij\n" * 60  # 660 characters: 627 train tokens, 19 windows of 32
+    with pytest.warns(UserWarning, match="batch size lowered from 32 to 19"):
+        model = lstmgen.train(iter([text]), out=tmp_path / "r", model=TINY,
                               seq_len=32, max_steps=2, sample_length=0, verbose=0)
-    assert model.run.config["train"]["batch_size"] < 64
+    assert model.run.config["train"]["batch_size"] == 19
+    assert model.state["step"] == 2
 
 
 def test_fine_tuning_keeps_the_vocabulary(tmp_path, trained_run):
@@ -145,6 +147,13 @@ def test_fine_tuning_keeps_the_vocabulary(tmp_path, trained_run):
                               seq_len=32, max_steps=3, sample_length=0, verbose=0)
     assert tuned.tokenizer.chars == base.tokenizer.chars
     assert tuned.lm.config == base.lm.config
+    # --from starts from the base run's weights: with a learning rate of zero they stay so
+    frozen = lstmgen.train(iter(["Tuning text, the same letters.\n" * 200]),
+                           out=tmp_path / "frozen", init_from=out, batch_size=8, seq_len=32,
+                           max_steps=2, learning_rate=1e-12, warmup_steps=0,
+                           schedule="constant", sample_length=0, verbose=0)
+    for a, b in zip(weights_of(out), weights_of(frozen.run.path)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_early_stopping_best_vs_last_and_tensorboard(tmp_path, small_text):

@@ -18,8 +18,14 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     ``suffix`` keeps a file extension that a writer insists on (Keras wants ``.weights.h5``).
 
     Example:
-        >>> with atomic_path("/tmp/x.txt") as tmp:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "x.txt"
+        >>> with atomic_path(target) as tmp:
         ...     _ = tmp.write_text("hello")
+        ...     target.exists()           # nothing at the target until the write is done
+        False
+        >>> target.read_text(), [p.name for p in target.parent.iterdir()]  # no temporary left
+        ('hello', ['x.txt'])
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -256,11 +256,14 @@ def cmd_train(args) -> None:
                       **train_overrides)
         return
     tokenizer_options = {"vocab_size": args.vocab_size} if args.vocab_size else None
+    from dataclasses import replace
+
+    tokenizer = args.tokenizer or "char"
     lstmgen.train(
         args.corpus or None,
         out=args.out or "runs/default",
-        model=lstmgen.ModelConfig(**model_overrides),
-        tokenizer=args.tokenizer or "char",
+        model=replace(lstmgen.ModelConfig.defaults(tokenizer), **model_overrides),
+        tokenizer=tokenizer,
         tokenizer_options=tokenizer_options,
         val=args.val,
         init_from=args.init_from,

@@ -14,6 +14,10 @@ import numpy as np
 from lstmgen.errors import LstmgenError
 
 CELLS = ("lstm", "gru")
+# What a word model needs instead of the character defaults: bench/bench_wikitext2.py
+# (WikiText-2 on 2 CPU cores; bench/RESULTS.md).
+WORD_MODEL_DEFAULTS = dict(embedding_dim=256, units=256, layers=1, dropout=0.3,
+                           softmax="adaptive", tie_embeddings=True)
 
 
 @dataclass
@@ -63,6 +67,17 @@ class ModelConfig:
                 f"{self.embedding_dim} and {self.units})",
                 hint=f"add --embedding-dim {self.units}, or drop --tie-embeddings")
         return self
+
+    @classmethod
+    def defaults(cls, tokenizer: str = "char") -> ModelConfig:
+        """The default sizes for a tokenizer: the dataclass defaults for characters (and
+        BPE), :data:`WORD_MODEL_DEFAULTS` for words.
+
+        Example:
+            >>> ModelConfig.defaults("word").tie_embeddings, ModelConfig.defaults().units
+            (True, 384)
+        """
+        return cls(**WORD_MODEL_DEFAULTS) if tokenizer == "word" else cls()
 
     def for_vocabulary(self, vocab_size: int) -> ModelConfig:
         """This config with ``softmax`` and ``cutoffs`` resolved for ``vocab_size`` tokens.

@@ -21,8 +21,14 @@ def plot_metrics(rows: list[dict], path: str | os.PathLike) -> None:
     """Write a PNG with two panels (loss vs step, loss vs minutes), atomically.
 
     Example:
-        >>> rows = [{"step": 10, "elapsed_s": 5, "train_loss": 2.0, "val_loss": 2.1}]
-        >>> plot_metrics(rows, "/tmp/loss.png")
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "loss.png"
+        >>> rows = [{"step": 10, "elapsed_s": 5, "train_loss": 2.0, "val_loss": 2.1,
+        ...          "val_fresh_start": 2.4}]
+        >>> plot_metrics(rows, path)
+        >>> path.read_bytes()[:4], [p.name for p in path.parent.iterdir()]  # a PNG, no temporary
+        (b'\\x89PNG', ['loss.png'])
     """
     if not rows:
         return

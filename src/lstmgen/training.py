@@ -33,6 +33,8 @@ from lstmgen.model import LanguageModel, ModelConfig
 from lstmgen.run import Run, TrainedModel
 
 SCHEDULES = ("constant", "cosine")
+# Word models train best on longer windows of words (bench/bench_wikitext2.py).
+WORD_TRAIN_DEFAULTS = dict(batch_size=32, seq_len=64, learning_rate=4e-3)
 # Settings that may change when a run is resumed; the rest define the run.
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_time", "early_stopping", "checkpoint_every",
                        "eval_every", "sample_length", "val_tokens", "tensorboard")
@@ -115,6 +117,17 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
+    def defaults(cls, tokenizer: str = "char") -> TrainConfig:
+        """The default training settings for a tokenizer (:data:`WORD_TRAIN_DEFAULTS` for
+        words).
+
+        Example:
+            >>> TrainConfig.defaults("word").seq_len >= TrainConfig.defaults("char").seq_len
+            True
+        """
+        return cls(**WORD_TRAIN_DEFAULTS) if tokenizer == "word" else cls()
+
+    @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         # Runs saved before these settings existed neither carried nor reset the state.
@@ -181,14 +194,14 @@ def train(
     """
     if overrides:
         try:
-            config = replace(config or TrainConfig(), **overrides)
+            config = replace(config or TrainConfig.defaults(tokenizer), **overrides)
         except TypeError as e:
             raise LstmgenError(f"unknown training setting: {e}",
                                hint="see lstmgen.TrainConfig for the settings") from None
     cluster = distributed_setup(distributed)
     if resume:
         return _resume(out, config, overrides, verbose, callbacks, cluster)
-    config = (config or TrainConfig()).validate()
+    config = (config or TrainConfig.defaults(tokenizer)).validate()
     run_path = Path(out)
     failure = None
     if cluster.is_chief:  # one process encodes and writes the run folder; the rest read it
@@ -232,7 +245,7 @@ def _prepare_run(corpus, run_path: Path, model, config: TrainConfig, tokenizer,
         corpus = default_corpus()
         config = replace(config, encoding_errors="replace")
     base = Run.open(init_from) if init_from else None
-    model = base.model_config if base else (model or ModelConfig()).validate()
+    model = base.model_config if base else (model or ModelConfig.defaults(tokenizer)).validate()
     fitted, data = encode_corpus(
         corpus,
         run_path / "data",
