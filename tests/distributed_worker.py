@@ -1,8 +1,9 @@
 """One process of a data-parallel test run (started by test_distributed.py).
 
 Usage: python distributed_worker.py CORPUS OUT DUMP DEVICES [COORDINATOR NUM_PROCESSES ID]
-Trains a tiny model (with the state carried when LSTMGEN_TEST_CARRY=1), then writes this
-process's final weights and the window starts it read.
+Trains a tiny model (LSTMGEN_TEST_MODE: "plain", "carry" with the state carried, "words" a
+word model with the adaptive softmax and tied embeddings), then writes this process's final
+weights and the window starts it read.
 """
 
 import os
@@ -32,11 +33,17 @@ def main() -> None:
         devices=int(devices), coordinator=coordinator,
         num_processes=int(num_processes) if num_processes else None,
         process_id=int(process_id) if process_id else None)
-    model = lstmgen.train(corpus, out=out, model=lstmgen.ModelConfig(units=16, embedding_dim=8),
-                          batch_size=8, seq_len=16, max_steps=12, eval_every=6,
+    mode = os.environ.get("LSTMGEN_TEST_MODE", "plain")
+    if mode == "words":
+        settings = dict(tokenizer="word", tokenizer_options={"vocab_size": 3000},
+                        model=lstmgen.ModelConfig(units=16, embedding_dim=16, softmax="adaptive",
+                                                  cutoffs=[500, 1500], tie_embeddings=True))
+    else:
+        settings = dict(model=lstmgen.ModelConfig(units=16, embedding_dim=8),
+                        carry_state=mode == "carry")
+    model = lstmgen.train(corpus, out=out, batch_size=8, seq_len=16, max_steps=12, eval_every=6,
                           checkpoint_every=4, sample_length=0, seed=3, verbose=0,
-                          carry_state=os.environ.get("LSTMGEN_TEST_CARRY") == "1",
-                          distributed=distributed)
+                          distributed=distributed, **settings)
     weights = model.lm.training_model.get_weights()
     np.savez(dump, weights=np.concatenate([np.asarray(w).ravel() for w in weights]),
              seen=np.asarray([s for starts in seen.values() for s in starts]))

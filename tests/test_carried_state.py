@@ -89,14 +89,16 @@ def test_a_short_prime_from_a_fresh_state_gets_sensible_text(tmp_path):
     model = lstmgen.train(files, out=tmp_path / "run", model=lstmgen.ModelConfig(units=128),
                           max_steps=400, eval_every=400, sample_length=0, verbose=0)
     assert model.run.config["train"]["carry_state"] is True  # the defaults, as users get them
-    assert model.run.config["corpus"]["train_tokens"] > 400 * 32 * 64 * 2
+    assert model.run.config["corpus"]["train_tokens"] > 400 * 32 * 64 * 1.5  # seen < once
     counts = collections.Counter(text)
     total = sum(counts.values())
     unigram = -sum(n / total * math.log(n / total) for n in counts.values())
     fresh = model.state["best_val_fresh_start"]
     carried = model.state["best_val_loss"]
-    assert fresh < unigram - 0.7, (fresh, unigram)  # far better than letter frequencies
-    assert fresh < carried + 0.6, (fresh, carried)
+    # Measured at these settings: state never reset 2.66 fresh vs 2.20 carried, unigram
+    # 3.14, 65% frequent first characters; with 0.1 2.46 / 2.19, 85%; with 0.3 2.40 / 2.20, 88%.
+    assert fresh < unigram - 0.5, (fresh, unigram)  # well below letter frequencies
+    assert fresh - carried < 0.35, (fresh, carried)  # and near what context brings
     frequent = {c for c, _ in counts.most_common(25)}
     firsts = "".join(model.generate(p, 2, temperature=0.8, seed=s)[0]
                      for p in ("def ", "import ", "class ", "") for s in range(5))

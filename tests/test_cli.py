@@ -1,3 +1,4 @@
+import csv
 import json
 import math
 import os
@@ -200,14 +201,23 @@ def test_sigkill_mid_training_loses_at_most_one_checkpoint_interval(tmp_path, sm
             proc.kill()
     state = lstmgen.load(out, checkpoint="last").state
     assert state["step"] >= 15 and state["step"] % 5 == 0
-    assert not list(out.rglob("*.tmp*")) or all(p.stat().st_size >= 0 for p in
-                                                 out.rglob("*.tmp*"))
+    # What atomic writes promise: every file present is whole — each checkpoint loads, the
+    # config and metrics parse — whatever moment the kill came.
+    for which in ("last", "best"):
+        if (out / "checkpoints" / f"{which}.weights.h5").is_file():
+            assert lstmgen.load(out, checkpoint=which).lm.count_params() > 0
+    json.loads((out / "config.json").read_text())
+    json.loads((out / "tokenizer.json").read_text())
+    if (out / "metrics.csv").is_file():
+        assert all(r["step"] for r in csv.DictReader(open(out / "metrics.csv")))
+    (out / "checkpoints" / ".last.weights.h5.abc.tmp.weights.h5").write_bytes(b"half a file")
     assert json.loads((out / "config.json").read_text())["train"]["carry_state"] is True
     refused = run_cli("train", "--resume", out, "--no-carry-state", "-q")
     assert refused.returncode == 1 and "cannot change carry_state" in refused.stderr
     result = run_cli("train", "--resume", out, "--max-steps", state["step"] + 5, "-q")
     assert result.returncode == 0, result.stderr
     assert lstmgen.load(out, checkpoint="last").state["step"] == state["step"] + 5
+    assert not list(out.rglob(".*.tmp*"))  # what a killed writer left is cleaned on resume
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, small_text):
@@ -229,3 +239,46 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, small_text):
     assert proc.returncode == 130, err
     assert "checkpoint saved" in err and "--resume" in err
     assert lstmgen.load(out, checkpoint="last").state["step"] >= 3
+
+
+def test_prime_file_and_last_checkpoint(trained_run, tmp_path):
+    model, out = trained_run
+    prime_file = tmp_path / "prime.txt"
+    prime_file.write_text("ROMEO:\nWhat", encoding="utf-8")
+    from_file = run_cli("generate", out, "--prime-file", prime_file, "--length", "30",
+                        "--seed", "2", "--checkpoint", "last")
+    assert from_file.returncode == 0, from_file.stderr
+    expected = lstmgen.load(out, checkpoint="last").generate("ROMEO:\nWhat", 30, seed=2,
+                                                              temperature=0.8)[0]
+    assert from_file.stdout == "ROMEO:\nWhat" + expected + "\n"
+    missing = run_cli("generate", out, "--prime-file", tmp_path / "nope.txt")
+    assert missing.returncode == 1 and "cannot read the prime file" in missing.stderr
+
+
+def test_resume_a_finished_run_with_more_epochs_and_fine_tune_from_it(tmp_path, small_text):
+    out = tmp_path / "run"
+    base = ["--units", "16", "--embedding-dim", "8", "--batch-size", "8", "--seq-len", "32",
+            "--sample-length", "0", "-q"]
+    first = run_cli("train", small_text, "--out", out, "--epochs", "1", *base)
+    assert first.returncode == 0, first.stderr
+    one = lstmgen.load(out, checkpoint="last").state
+    assert one["finished"] and one["epoch"] == 1
+    more = run_cli("train", "--resume", out, "--epochs", "2", "-q")  # the README's example
+    assert more.returncode == 0, more.stderr
+    two = lstmgen.load(out, checkpoint="last").state
+    assert two["epoch"] == 2 and two["step"] == 2 * one["step"]
+    assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 2
+    tuned = tmp_path / "tuned"
+    fine = run_cli("train", small_text, "--from", out, "--out", tuned, "--max-steps", "2", "-q")
+    assert fine.returncode == 0, fine.stderr
+    assert (tuned / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
+    assert json.loads((tuned / "config.json").read_text())["corpus"]["init_from"] == str(out)
+
+
+def test_demo_end_to_end_with_a_short_budget(tmp_path):
+    result = run_cli("demo", "--out", tmp_path / "demo", "--max-time", "20", timeout=400)
+    assert result.returncode == 0, result.stderr
+    assert "fresh start (first 8 characters)" in result.stdout
+    for prime in ("def ", "class ", "import "):
+        assert f"=== sample (prime {prime!r}, temperature 0.6) ===\n{prime}" in result.stdout
+    assert lstmgen.load(tmp_path / "demo").info()["step"] > 0

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -157,3 +161,48 @@ def test_reader_windows_equal_memory_map_windows(tmp_path, small_text):
     for i in (0, 5, len(read) - 1):
         for a, b in zip(mapped[i], read[i]):
             np.testing.assert_array_equal(a, b)
+
+
+PEAK_ANON = """
+import sys, threading
+import lstmgen
+
+peak, done = [0], threading.Event()
+
+def anon():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon"))
+
+def sample():
+    while not done.wait(0.01):
+        peak[0] = max(peak[0], anon())
+
+threading.Thread(target=sample, daemon=True).start()
+lstmgen.train(sys.argv[1], out=sys.argv[2], model=lstmgen.ModelConfig(units=32, embedding_dim=8),
+              batch_size=8, seq_len=32, max_steps=5, sample_length=0, val_tokens=20_000,
+              verbose=0)
+done.set()
+print(max(peak[0], anon()))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_memory_stays_flat_when_the_corpus_grows_tenfold(tmp_path):
+    """Encoding and training read the corpus in chunks and by memory map: a corpus 10x
+    larger (3 MB vs 30 MB of text) must not raise the peak anonymous memory by more than a
+    fraction of what holding it would cost (its text alone is 30 MB, its ids 120 MB)."""
+    rng = np.random.default_rng(0)
+    words = np.array(["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and",
+                      "runs", "far", "away", "again", "\n"])
+    peaks = {}
+    for megabytes in (3, 30):
+        path = tmp_path / f"corpus{megabytes}.txt"
+        with open(path, "w", encoding="utf-8") as f:
+            while f.tell() < megabytes * 10**6:
+                f.write(" ".join(rng.choice(words, 100_000)) + "\n")
+        result = subprocess.run([sys.executable, "-c", PEAK_ANON, str(path),
+                                 str(tmp_path / f"run{megabytes}")],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        peaks[megabytes] = int(result.stdout.split()[-1])
+    assert peaks[30] - peaks[3] < 24 * 2**20, peaks

@@ -13,8 +13,8 @@ from lstmgen.errors import LstmgenError
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
-def start(*args, carry_state=False):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LSTMGEN_TEST_CARRY": str(int(carry_state))}
+def start(*args, mode="plain"):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LSTMGEN_TEST_MODE": mode}
     return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -31,14 +31,13 @@ def finish(procs, timeout=300):
         assert p.returncode == 0, out[-3000:]
 
 
-@pytest.mark.parametrize("carry_state", [False, True])
-def test_two_processes_match_one_process_with_two_devices(tmp_path, small_text, carry_state):
-    single = start(small_text, tmp_path / "single", tmp_path / "single.npz", 2,
-                   carry_state=carry_state)
+@pytest.mark.parametrize("mode", ["plain", "carry", "words"])
+def test_two_processes_match_one_process_with_two_devices(tmp_path, small_text, mode):
+    single = start(small_text, tmp_path / "single", tmp_path / "single.npz", 2, mode=mode)
     finish([single])
     port = free_port()
     pair = [start(small_text, tmp_path / "pair", tmp_path / f"p{i}.npz", 1,
-                  f"127.0.0.1:{port}", 2, i, carry_state=carry_state) for i in range(2)]
+                  f"127.0.0.1:{port}", 2, i, mode=mode) for i in range(2)]
     finish(pair)
     one, p0, p1 = (np.load(tmp_path / f"{n}.npz") for n in ("single", "p0", "p1"))
     np.testing.assert_array_equal(p0["weights"], p1["weights"])

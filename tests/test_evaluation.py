@@ -70,3 +70,37 @@ def test_max_tokens_and_short_input(model_and_ids):
     assert part.tokens == 199 and part.chars == round(2 * len(ids) * 199 / (len(ids) - 1))
     assert evaluator(ids[:1]) == Evaluation(0.0, 0, 0)
     assert math.isfinite(evaluator(ids[:2]).loss)
+
+
+def test_fresh_start_windows_are_the_same_however_the_text_is_chunked(trained_run,
+                                                                      shakespeare,
+                                                                      monkeypatch):
+    import lstmgen.corpus
+    from lstmgen.evaluation import FRESH_START_EVERY, FRESH_START_TOKENS, evaluate_corpus
+
+    model, _ = trained_run
+    text = shakespeare.read_text(encoding="utf-8")[:30_000]
+    whole = evaluate_corpus(model, iter([text]))
+    reading = lstmgen.corpus.iter_corpus_text
+    monkeypatch.setattr(lstmgen.corpus, "iter_corpus_text",
+                        lambda source, **kw: reading(source, chunk_bytes=3000, **kw))
+    chunked = evaluate_corpus(model, iter([text]))
+    n = len(text)
+    assert whole.fresh_tokens == chunked.fresh_tokens == FRESH_START_TOKENS * len(
+        range(0, n - FRESH_START_TOKENS, FRESH_START_EVERY))
+    assert chunked.fresh_nll == pytest.approx(whole.fresh_nll, rel=1e-5)
+    assert chunked.words == whole.words == len(text.split()) + text.count("\n")
+    assert chunked.tokens == whole.tokens == n - 1
+    # windows from a zero state: the first tokens are harder than with all the text before
+    assert whole.fresh_start > whole.loss
+
+
+def test_fresh_start_is_the_mean_loss_of_windows_read_from_zeros(model_and_ids):
+    lm, ids = model_and_ids
+    from lstmgen.evaluation import FRESH_START_EVERY, FRESH_START_TOKENS
+
+    result = Evaluator(lm, seq_len=32).fresh_start(ids)
+    starts = range(0, len(ids) - FRESH_START_TOKENS, FRESH_START_EVERY)
+    expected = sum(direct_nll(lm, ids[s : s + FRESH_START_TOKENS + 1]) for s in starts)
+    assert result.fresh_tokens == FRESH_START_TOKENS * len(starts)
+    assert result.fresh_nll == pytest.approx(expected, rel=1e-4)

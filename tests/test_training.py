@@ -69,14 +69,20 @@ class InterruptAt:
         return _Interrupt()
 
 
-@pytest.mark.parametrize("carry_state", [False, True])
+@pytest.mark.parametrize("kind", ["plain", "carry", "words"])
 def test_ctrl_c_then_resume_is_bit_identical_to_straight_training(tmp_path, small_text,
-                                                                  carry_state):
+                                                                  kind):
+    carry_state = kind != "plain"
     settings = dict(model=lstmgen.ModelConfig(units=32, embedding_dim=16, layers=2,
                                               dropout=0.2),
                     batch_size=8, seq_len=32, checkpoint_every=1000, sample_length=0,
                     schedule="cosine", warmup_steps=5, epochs=3, verbose=0,
                     carry_state=carry_state)
+    if kind == "words":  # the adaptive softmax and tied embeddings resume exactly too
+        settings.update(tokenizer="word", tokenizer_options={"vocab_size": 3000}, seq_len=16,
+                        model=lstmgen.ModelConfig(units=32, embedding_dim=32, dropout=0.2,
+                                                  softmax="adaptive", cutoffs=[500, 1500],
+                                                  tie_embeddings=True))
     straight = tmp_path / "straight"
     lstmgen.train(small_text, out=straight, **settings)
     half = tmp_path / "half"

@@ -118,7 +118,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "window from zeros (--no-carry-state)")
     t.add_argument("--state-reset", type=float, metavar="SHARE",
                    help="with the state carried: the share of lanes that start each window "
-                   "from a fresh state, as generation does (0.1)")
+                   "from a fresh state, as generation does (0.3)")
     t.add_argument("--val", nargs="+", default=None, metavar="PATH",
                    help="validation corpus (default: the last --val-fraction of the text)")
     t.add_argument("--val-fraction", type=float, help="held-out share of the text (0.05)")

@@ -235,9 +235,13 @@ def evaluate_corpus(trained, source, *, encoding_errors: str = "strict", max_tok
                     seq_len: int | None = None, carry_state: bool = True) -> Evaluation:
     """Evaluate a trained model (a :class:`~lstmgen.run.TrainedModel`) on a corpus, streamed.
 
-    Every token after the first is predicted once, with the state carried through the text
-    (see :class:`Evaluator`; ``carry_state=False`` restarts it every ``seq_len`` tokens, the
-    training window by default). Unseen characters are mapped by the tokenizer's policy and
+    Every token after the first is predicted once. The text is read in chunks of about
+    4 MiB (memory stays flat); within a chunk the state is carried through each of its
+    streams (see :class:`Evaluator`: up to 32 contiguous streams of at least 16 windows),
+    and each chunk's streams start from a fresh state, the first one from the last token of
+    the previous chunk; ``carry_state=False`` restarts it every ``seq_len`` tokens (the
+    training window by default). The fresh-start windows (module doc) are laid over the whole
+    text, across chunk boundaries. Unseen characters are mapped by the tokenizer's policy and
     counted in a warning.
     """
     import warnings

@@ -134,6 +134,23 @@ def output_shapes(softmax: str, cutoffs, units: int, vocab_size: int, tied: bool
     return shapes
 
 
+def training_loss(softmax: str):
+    """The Keras loss for a model's output: cross-entropy from logits (``full``), or the
+    negative log-likelihood of log-probabilities that are already normalised (``adaptive``:
+    normalising them again would cost a pass over every position's whole vocabulary)."""
+    import keras
+    from keras import ops
+
+    if softmax == "full":
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def negative_log_likelihood(y_true, log_probs):
+        y_true = ops.expand_dims(ops.cast(y_true, "int32"), -1)
+        return -ops.take_along_axis(ops.cast(log_probs, "float32"), y_true, axis=-1)[..., 0]
+
+    return keras.losses.LossFunctionWrapper(negative_log_likelihood, name="nll")
+
+
 def _host_zeros(shape, dtype=None):
     # Weights about to be loaded: host zeros (a JAX initializer compiles a program per shape).
     return np.zeros(shape, dtype or "float32")

@@ -57,6 +57,15 @@ class Run:
             raise LstmgenError(f"unknown checkpoint {which!r}", hint="use best or last")
         return self.path / "checkpoints" / f"{which}.weights.h5"
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the temporary files a killed writer left (``kill -9`` mid-write: the file
+        it was replacing is intact, see :mod:`lstmgen.atomic`); returns what was removed.
+        Called by training when it starts or resumes, the only writer of a run folder."""
+        stale = [p for p in self.path.rglob(".*.tmp*") if p.is_file()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
     # -- creation and loading -------------------------------------------------------------
     @classmethod
     def create(cls, path, *, model: ModelConfig, train: dict, tokenizer, corpus: dict) -> Run:

@@ -76,7 +76,7 @@ class TrainConfig:
     carry_state: bool = True
     # With carry_state: the share of lanes that start each window from a zero state, as every
     # generation starts (see lstmgen.carried_state). Measured in bench/bench_fresh_start.py.
-    state_reset: float = 0.1
+    state_reset: float = 0.3
     tensorboard: bool = False
     encoding_errors: str = "strict"
 
@@ -301,6 +301,7 @@ def _resume(out, config, overrides, verbose, callbacks, cluster) -> TrainedModel
                   f"batch {state.batch})", flush=True)
     cluster.barrier("lstmgen-resume-loaded")  # everyone has read the files before any write
     if cluster.is_chief:
+        run.remove_stale_temporaries()
         trainer.truncate_metrics()
         run.write_config(model=lm.config, train=config.to_dict(), tokenizer=tokenizer.kind,
                          corpus=run.config.get("corpus", {}))
@@ -368,6 +369,8 @@ class Trainer:
     def _compile(self) -> None:
         import keras
 
+        from lstmgen.heads import training_loss
+
         c = self.config
         lr = c.learning_rate
         if c.schedule == "cosine":
@@ -381,7 +384,7 @@ class Trainer:
             )
         self.model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=c.clipnorm),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            loss=training_loss(self.lm.config.softmax),
         )
         self.model.optimizer.build(self.model.trainable_variables)
 
