@@ -150,3 +150,18 @@ def test_softmax_is_resolved_once_and_old_runs_keep_the_full_one(words, tmp_path
                         max_steps=3, batch_size=4, seq_len=16, sample_length=0, verbose=0).run
     saved = run.config["model"]
     assert saved["softmax"] == "adaptive" and saved["cutoffs"] == [400]
+
+
+def test_adaptive_training_loss_is_the_cross_entropy_of_its_log_probabilities(words):
+    import keras
+
+    from lstmgen.heads import training_loss
+
+    tok, ids = words
+    lm = make_model(tok, **KINDS["adaptive"])
+    x, y = ids[None, :64], ids[None, 1:65]
+    logp = lm.training_model.predict(x, verbose=0)
+    reference = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logp)
+    assert float(training_loss("adaptive")(y, logp)) == pytest.approx(float(reference),
+                                                                       rel=1e-5)
+    assert float(reference) > 1.0  # an untrained model: a real loss to compare

@@ -144,11 +144,12 @@ def training_loss(softmax: str):
     if softmax == "full":
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    def negative_log_likelihood(y_true, log_probs):
-        y_true = ops.expand_dims(ops.cast(y_true, "int32"), -1)
-        return -ops.take_along_axis(ops.cast(log_probs, "float32"), y_true, axis=-1)[..., 0]
+    class NegativeLogLikelihood(keras.losses.Loss):
+        def call(self, y_true, log_probs):
+            y_true = ops.expand_dims(ops.cast(y_true, "int32"), -1)
+            return -ops.take_along_axis(ops.cast(log_probs, "float32"), y_true, axis=-1)[..., 0]
 
-    return keras.losses.LossFunctionWrapper(negative_log_likelihood, name="nll")
+    return NegativeLogLikelihood(name="nll")
 
 
 def _host_zeros(shape, dtype=None):
