@@ -16,11 +16,15 @@ training, evaluations excluded for both.
     python bench/bench_wikitext2.py                        # 600 s each, lstmgen's word defaults
     python bench/bench_wikitext2.py --system lstmgen --budget 1800
     python bench/bench_wikitext2.py --budget 120 --units 200 --layers 2 --softmax full
+    # one core each, concurrently (as the issue measured the example):
+    taskset -c 0 python bench/bench_wikitext2.py --system lstmgen &
+    taskset -c 1 python bench/bench_wikitext2.py --system pytorch
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -46,6 +50,17 @@ def wikitext() -> Path:
 
 
 # -- lstmgen ---------------------------------------------------------------------------------
+def _rate(metrics_path: Path, column: str) -> float:
+    """``column`` (steps or tokens) per second between the first and the last evaluation:
+    the training rate after compilation."""
+    with open(metrics_path, newline="") as f:
+        rows = [(int(r[column]), float(r["elapsed_s"])) for r in csv.DictReader(f)]
+    (first, t0), (last, t1) = rows[0], rows[-1]
+    if t1 <= t0:
+        sys.exit("too few evaluations to measure a rate: raise --budget/--probe-seconds")
+    return (last - first) / (t1 - t0)
+
+
 def run_lstmgen(wiki: Path, args) -> dict:
     import lstmgen
     from lstmgen.evaluation import count_words
@@ -62,34 +77,52 @@ def run_lstmgen(wiki: Path, args) -> dict:
     train_overrides = {k: v for k, v in dict(batch_size=args.batch_size, seq_len=args.seq_len,
                                              learning_rate=args.learning_rate).items()
                        if v is not None}
-    out = Path(tempfile.mkdtemp(prefix="wt2-")) / "run"
+    tmp = Path(tempfile.mkdtemp(prefix="wt2-"))
+    common = dict(tokenizer="word", tokenizer_options={"vocab_size": 40_000}, model=model,
+                  config=train, epochs=1000, checkpoint_every=10**9, sample_length=0,
+                  overwrite=True, verbose=0, **train_overrides)
+    # The cosine schedule must end with the budget: a probe run measures the step rate
+    # (as bench_quality.py does), evaluations on a few windows, compilation excluded.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnknownTokensWarning)
+        probe = lstmgen.train(wiki / "wiki.train.tokens", out=tmp / "probe",
+                              val=wiki / "wiki.valid.tokens", max_time=args.probe_seconds,
+                              schedule="constant", eval_every=20, val_tokens=2048, **common)
+    rate = _rate(probe.run.metrics_path, "step")
+    steps = int(0.93 * args.budget * rate)
+    print(f"lstmgen: {rate:.2f} steps/s in a {args.probe_seconds:.0f} s probe; cosine schedule "
+          f"of {steps} steps", flush=True)
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnknownTokensWarning)  # the vocabulary covers val
         trained = lstmgen.train(
-            wiki / "wiki.train.tokens", out=out, tokenizer="word",
-            tokenizer_options={"vocab_size": 40_000}, val=wiki / "wiki.valid.tokens",
-            model=model, config=train, max_time=args.budget, epochs=1000,
-            val_tokens=20_000, eval_every=10**9, checkpoint_every=10**9, sample_length=0,
-            overwrite=True, verbose=0, **train_overrides,
+            wiki / "wiki.train.tokens", out=tmp / "run", val=wiki / "wiki.valid.tokens",
+            max_time=args.budget, schedule_steps=steps, warmup_steps=min(100, steps // 20),
+            val_tokens=20_000, eval_every=max(50, steps // 4), **common,
         )
     wall = time.perf_counter() - started
     info = trained.info()
+    last = lstmgen.load(trained.run.path, checkpoint="last").state
     train_text = (wiki / "wiki.train.tokens").read_text(encoding="utf-8")
     words_per_token = count_words(train_text) / info["corpus"]["train_tokens"]
     c = trained.run.config["train"]
-    tokens = info["step"] * c["batch_size"] * c["seq_len"]
-    seconds = trained.state["elapsed"]
-    val = trained.evaluate(wiki / "wiki.valid.tokens")
-    test = trained.evaluate(wiki / "wiki.test.tokens")
+    tokens = last["step"] * c["batch_size"] * c["seq_len"]
+    seconds = last["elapsed"]
+    rate = _rate(trained.run.metrics_path, "tokens")
+    with open(trained.run.metrics_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    val = trained.evaluate(wiki / "wiki.valid.tokens", max_tokens=args.eval_tokens)
+    test = trained.evaluate(wiki / "wiki.test.tokens", max_tokens=args.eval_tokens)
     sample = trained.generate(" The", 60, temperature=0.8, seed=0)[0]
     return {
         "system": "lstmgen", "model": info["model"], "batch": [c["batch_size"], c["seq_len"]],
         "learning_rate": c["learning_rate"], "vocab_size": info["vocab_size"],
-        "parameters": info["parameters"], "steps": info["step"],
+        "parameters": info["parameters"], "steps": last["step"], "best_step": info["step"],
         "epochs": round(tokens / info["corpus"]["train_tokens"], 3),
         "train_s": round(seconds, 1), "wall_s": round(wall, 1),
-        "words_per_s": round(tokens * words_per_token / seconds),
+        "words_per_s": round(rate * words_per_token),
+        "val_curve": [(round(float(r["elapsed_s"])), round(float(r["val_word_perplexity"]), 1))
+                      for r in rows if r["val_word_perplexity"]],
         "val_ppl_per_word": round(val.word_perplexity, 1),
         "test_ppl_per_word": round(test.word_perplexity, 1),
         "test_words": test.words, "sample": " The" + sample,
@@ -102,7 +135,8 @@ def run_pytorch(wiki: Path, args) -> dict:
     from torch import nn
 
     torch.manual_seed(1111)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count() or 1)  # all cores, or those `taskset` gave
     vocab: dict[str, int] = {}
 
     def tokenize(path: Path) -> torch.Tensor:
@@ -153,7 +187,9 @@ def run_pytorch(wiki: Path, args) -> dict:
 
     lr, best, trained_s, words = 20.0, None, 0.0, 0
     data = batchify(train, 20)
-    evals = 4  # the learning-rate annealing needs validation figures: a few over the budget
+    # The example anneals the learning rate when validation stops improving: check it at
+    # a quarter, a half and three quarters of the budget (on 20k tokens: evaluation is slow).
+    checks = [args.budget * k / 4 for k in (1, 2, 3)]
     while trained_s < args.budget:
         hidden = zeros(20)
         for i in range(0, data.size(0) - 1, bptt):
@@ -170,8 +206,8 @@ def run_pytorch(wiki: Path, args) -> dict:
                     p.add_(p.grad, alpha=-lr)
             trained_s += time.perf_counter() - started
             words += n * 20
-            if trained_s >= args.budget * len(range(evals)) / evals and evals > 1:
-                evals -= 1
+            if checks and trained_s >= checks[0]:
+                checks.pop(0)
                 loss = evaluate(val[:20_000])
                 if best is not None and loss >= best:
                     lr /= 4.0
@@ -184,8 +220,9 @@ def run_pytorch(wiki: Path, args) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "epochs": round(words / train.numel(), 3), "train_s": round(trained_s, 1),
         "words_per_s": round(words / trained_s), "final_lr": lr,
-        "val_ppl_per_word": round(math.exp(evaluate(val)), 1),
-        "test_ppl_per_word": round(math.exp(evaluate(test)), 1), "test_words": test.numel(),
+        "val_ppl_per_word": round(math.exp(evaluate(val[: args.eval_tokens])), 1),
+        "test_ppl_per_word": round(math.exp(evaluate(test[: args.eval_tokens])), 1),
+        "test_words": test[: args.eval_tokens].numel(),
     }
 
 
@@ -203,6 +240,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--eval-tokens", type=int, default=None,
+                        help="score only the first N tokens of valid/test (smoke runs)")
+    parser.add_argument("--probe-seconds", type=float, default=45.0,
+                        help="the run that measures lstmgen's step rate first")
     args = parser.parse_args()
     wiki = wikitext()
     header(f"bench_wikitext2: {args.system}, {args.budget:.0f} s of training each")

@@ -16,7 +16,7 @@ from lstmgen.errors import LstmgenError
 CELLS = ("lstm", "gru")
 # What a word model needs instead of the character defaults: bench/bench_wikitext2.py
 # (WikiText-2 on 2 CPU cores; bench/RESULTS.md).
-WORD_MODEL_DEFAULTS = dict(embedding_dim=256, units=256, layers=1, dropout=0.3,
+WORD_MODEL_DEFAULTS = dict(embedding_dim=256, units=256, layers=1, dropout=0.2,
                            softmax="adaptive", tie_embeddings=True)
 
 
