@@ -35,7 +35,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import data_dir, header, load  # noqa: E402
+from _common import data_dir, header, hugepages, load  # noqa: E402
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 AWD_LSTM_TEST_PPL = 65.8  # Merity, Keskar, Socher 2017 (arXiv:1708.02182), GPU-days
@@ -87,7 +87,7 @@ def run_lstmgen(wiki: Path, args) -> dict:
         warnings.simplefilter("ignore", UnknownTokensWarning)
         probe = lstmgen.train(wiki / "wiki.train.tokens", out=tmp / "probe",
                               val=wiki / "wiki.valid.tokens", max_time=args.probe_seconds,
-                              schedule="constant", eval_every=20, val_tokens=2048, **common)
+                              schedule="constant", eval_every=5, val_tokens=2048, **common)
     rate = _rate(probe.run.metrics_path, "step")
     steps = int(0.93 * args.budget * rate)
     print(f"lstmgen: {rate:.2f} steps/s in a {args.probe_seconds:.0f} s probe; cosine schedule "
@@ -245,6 +245,7 @@ def main() -> None:
     parser.add_argument("--probe-seconds", type=float, default=45.0,
                         help="the run that measures lstmgen's step rate first")
     args = parser.parse_args()
+    hugepages(args.system != "pytorch")  # as `lstmgen train` runs
     wiki = wikitext()
     header(f"bench_wikitext2: {args.system}, {args.budget:.0f} s of training each")
     results = []
