@@ -360,6 +360,7 @@ def cmd_info(args) -> None:
 
 def cmd_demo(args) -> None:
     import lstmgen
+    from lstmgen.evaluation import FRESH_START_TOKENS
 
     print("lstmgen demo: learning to write Python from Python's own standard library.\n"
           f"Training for {args.max_time:.0f} s; the run goes to {args.out}.", flush=True)
@@ -373,7 +374,7 @@ def cmd_demo(args) -> None:
     state = model.state
     if state.get("best_val_fresh_start") is not None:
         print(f"\nvalidation: {state['best_val_loss']:.4f} nats/char with the state carried "
-              f"through the text; fresh start (first 8 characters) "
+              f"through the text; fresh start (first {FRESH_START_TOKENS} characters) "
               f"{state['best_val_fresh_start']:.4f} nats/char", flush=True)
     for prime in ("def ", "class ", "import "):
         text = model.generate(prime, 400, temperature=0.6, seed=len(prime))[0]

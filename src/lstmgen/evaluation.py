@@ -180,8 +180,7 @@ class Evaluator:
             chars = predicted
         elif n < len(tokens):
             chars = int(round(chars * predicted / max(len(tokens) - 1, 1)))
-        return Evaluation(nll=total, tokens=predicted, chars=chars, fresh_nll=fresh.fresh_nll,
-                          fresh_tokens=fresh.fresh_tokens, words=words)
+        return Evaluation(nll=total, tokens=predicted, chars=chars, words=words) + fresh
 
     def fresh_start(self, tokens: np.ndarray, offset: int = 0, rows: int = 512) -> Evaluation:
         """The fresh-start windows of ``tokens`` (module doc): windows of
