@@ -5,11 +5,9 @@ to window meets one only at the start of each epoch's lanes, so its first tokens
 short prime can be worse than letter frequencies while its carried validation loss looks
 fine. This script trains, at equal wall time on the same machine, one run per variant —
 
-  * ``0``       the state carried, never reset (lstmgen's default before the fix),
-  * ``R``       the state carried, a share R of the lanes restarted at each window,
-  * ``fN``      the state carried, N fresh rows added to each batch (``--fresh-rows``),
-  * ``R+fN``    both,
-  * ``none``    every window from a zero state (``--no-carry-state``),
+  * ``reset 0``     the state carried, never reset (lstmgen's default before the fix),
+  * ``reset R``     the state carried, a share R of the lanes restarted at each window,
+  * ``no carry``    every window from a zero state (``--no-carry-state``),
 
 on tiny-shakespeare (nanoGPT split, seen ~10 times in 10 minutes) and on a corpus seen less
 than once in the time (War and Peace + the four Gutenberg books + WikiText-2's training text,
@@ -19,11 +17,11 @@ every 64 tokens; lstmgen.evaluation), the unigram entropy of the validation text
 characters sampled after a short prime.
 
     python bench/bench_fresh_start.py                        # 10 minutes per run, 6 runs
-    python bench/bench_fresh_start.py --budget 150 --corpus large --variants 0 0.1 f8 none
+    python bench/bench_fresh_start.py --budget 150 --corpus large --variants 0 0.05 0.1 none
     python bench/bench_fresh_start.py --quick                # 60 s per run, a smoke run
 
-Fresh rows make a step dearer, so a short probe per variant and corpus sizes its cosine
-schedule to the budget (as bench_quality.py does); each run also stops at ``--budget``.
+The step cost of the variants is the same, so one probe per corpus sizes a cosine schedule
+that all of them share (as bench_quality.py does); each run also stops at ``--budget``.
 """
 
 from __future__ import annotations
@@ -80,30 +78,16 @@ def unigram_entropy(train: str, val: str) -> float:
                 for c, n in collections.Counter(val).items()) / len(val)
 
 
-def variant_settings(name: str) -> dict:
-    """``none``, ``R`` (reset share), ``fN`` (fresh rows) or ``R+fN``."""
+def variant_settings(name: str, default_reset: float) -> dict:
     if name == "none":
         return {"carry_state": False}
-    reset, fresh = 0.0, 0
-    for part in name.split("+"):
-        if part.startswith("f"):
-            fresh = int(part[1:])
-        else:
-            reset = float(part)
-    return {"carry_state": True, "state_reset": reset, "fresh_rows": fresh}
+    return {"carry_state": True, "state_reset": float(name)}
 
 
-def label(name: str, default: dict) -> str:
-    settings = variant_settings(name)
-    if not settings["carry_state"]:
+def label(name: str, default_reset: float) -> str:
+    if name == "none":
         return "no carry"
-    parts = []
-    if settings["state_reset"]:
-        parts.append(f"reset {settings['state_reset']:g}")
-    if settings["fresh_rows"]:
-        parts.append(f"{settings['fresh_rows']} fresh rows")
-    text = " + ".join(parts) or "never reset"
-    return text + (" (default)" if settings == default else "")
+    return f"reset {float(name):g}" + (" (default)" if float(name) == default_reset else "")
 
 
 def main() -> None:
@@ -122,11 +106,8 @@ def main() -> None:
     budget = 60.0 if args.quick else args.budget
     import lstmgen
 
-    defaults = lstmgen.TrainConfig()
-    default = {"carry_state": True, "state_reset": defaults.state_reset,
-               "fresh_rows": defaults.fresh_rows}
-    default_name = f"{defaults.state_reset:g}+f{defaults.fresh_rows}"
-    variants = args.variants or ["0", default_name, "none"]
+    default_reset = lstmgen.TrainConfig().state_reset
+    variants = args.variants or ["0", str(default_reset), "none"]
     corpora = list(CORPORA) if args.corpus == "both" else [args.corpus]
     header(f"bench_fresh_start: carried vs fresh-start validation loss, {budget:.0f} s per run")
     results = []
@@ -140,21 +121,20 @@ def main() -> None:
             frequent = "".join(c for c, _ in collections.Counter(train_text).most_common(20))
             del train_text, val_text
             model = lstmgen.ModelConfig()
+            defaults = lstmgen.TrainConfig()
             config = dict(batch_size=defaults.batch_size, seq_len=defaults.seq_len,
                           max_time=budget, epochs=10_000, checkpoint_every=10**9,
                           sample_length=0, val_tokens=10**7)
+            rate = steps_per_second(tmp, model, config, False,
+                                    min(args.probe_seconds, budget / 3))
+            steps = max(10, int(0.93 * budget * rate))
+            config.update(schedule_steps=steps, warmup_steps=min(100, steps // 20),
+                          eval_every=max(5, steps // args.evals))
             print(f"\n== {corpus}: {(tmp / 'train.txt').stat().st_size:,} training bytes; "
-                  f"unigram entropy of the validation text {unigram:.4f} nats/char",
-                  flush=True)
+                  f"unigram entropy of the validation text {unigram:.4f} nats/char; "
+                  f"{rate:.2f} steps/s measured, cosine schedule of {steps} steps", flush=True)
             for name in variants:
-                settings = dict(config, **variant_settings(name))
-                rate = steps_per_second(tmp, model, settings, False,
-                                        min(args.probe_seconds, budget / 3))
-                steps = max(10, int(0.93 * budget * rate))
-                settings.update(schedule_steps=steps, warmup_steps=min(100, steps // 20),
-                                eval_every=max(5, steps // args.evals))
-                print(f"  {label(name, default)}: {rate:.2f} steps/s measured, cosine "
-                      f"schedule of {steps} steps", flush=True)
+                settings = dict(config, **variant_settings(name, default_reset))
                 started = time.perf_counter()
                 trained = lstmgen.train(tmp / "train.txt", out=tmp / f"run-{name}",
                                         val=tmp / "val.txt", model=model, verbose=0,
@@ -170,10 +150,10 @@ def main() -> None:
                 share = sum(c in frequent for s in firsts for c in s) / max(
                     1, sum(len(s) for s in firsts))
                 sample = trained.generate("The ", 120, temperature=0.8, seed=0)[0]
-                results.append((corpus, label(name, default), float(best["val_loss"]),
+                results.append((corpus, label(name, default_reset), float(best["val_loss"]),
                                 float(best["val_fresh_start"]), unigram, share,
                                 int(rows[-1]["step"]), float(rows[-1]["epoch"]), wall))
-                print(f"  {label(name, default):18s} carried {float(best['val_loss']):.4f}"
+                print(f"  {label(name, default_reset):18s} carried {float(best['val_loss']):.4f}"
                       f"  fresh start {float(best['val_fresh_start']):.4f}  (step "
                       f"{best['step']} of {rows[-1]['step']}, epoch {float(rows[-1]['epoch']):.2f}"
                       f", {wall:.0f} s)\n      curve: "

@@ -10,12 +10,9 @@ generation and evaluation carry the state through the whole text.
 
 Every generation, though, starts from a zero state, and a lane reaches one only at the start
 of an epoch: on a large corpus a model would almost never see it, and its first tokens after
-a short prime would be garbage. So every batch also holds ``TrainConfig.fresh_rows`` rows
-beyond the lanes: windows at random positions that always start from zeros, drawn from
-(seed, epoch, batch) (:meth:`~lstmgen.dataset.WindowOrder.starts`), so resume stays exact. The
-lanes keep their whole context (resetting a share of them instead, ``state_reset``, cost the
-carried loss ~0.01 nats per 0.1 of share on a 16 MB corpus: bench/bench_fresh_start.py), and
-the extra rows cost little, a step's time growing far less than its rows on a CPU.
+a short prime would be garbage. So at each window a random share of the lanes
+(``TrainConfig.state_reset``) starts again from zeros: the dataset draws the ``keep`` mask from
+(seed, epoch, batch) (:meth:`~lstmgen.dataset.WindowOrder.keep`), so resume stays exact.
 
 The states live in the non-trainable variables of a :class:`StateStore` layer in a second Keras
 model over the same layers (:func:`carried_training_model`), so ``fit``, the optimizer and the
@@ -87,7 +84,7 @@ def carried_training_model(lm, batch_size: int) -> keras.Model:
     """A model over ``lm``'s layers that starts each batch from the last one's final states.
 
     Its inputs are the tokens and the ``keep`` mask (rows whose state goes on); its batch size
-    is fixed (the store holds one state per batch row: lanes and fresh rows). Same variables as
+    is fixed (the store holds one state per batch row). Same variables as
     ``lm.training_model`` plus the store's.
 
     Example:

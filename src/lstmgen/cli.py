@@ -39,7 +39,7 @@ MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "recurrent_dropout"
 TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
               "max_time", "schedule", "warmup_steps", "val_fraction", "val_tokens",
               "eval_every", "checkpoint_every", "early_stopping", "sample_length", "seed",
-              "carry_state", "state_reset", "fresh_rows", "tensorboard", "encoding_errors")
+              "carry_state", "state_reset", "tensorboard", "encoding_errors")
 
 
 def _positive_int(text: str) -> int:
@@ -118,10 +118,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "window from zeros (--no-carry-state)")
     t.add_argument("--state-reset", type=float, metavar="SHARE",
                    help="with the state carried: the share of lanes that start each window "
-                   "from a fresh state (0)")
-    t.add_argument("--fresh-rows", type=_nonneg_int, metavar="N",
-                   help="with the state carried: rows added to each batch that start from "
-                   "a fresh state at random positions, as generation does (8)")
+                   "from a fresh state, as generation does (0.3)")
     t.add_argument("--val", nargs="+", default=None, metavar="PATH",
                    help="validation corpus (default: the last --val-fraction of the text)")
     t.add_argument("--val-fraction", type=float, help="held-out share of the text (0.05)")

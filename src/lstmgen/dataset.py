@@ -292,9 +292,7 @@ class WindowOrder:
     :mod:`lstmgen.carried_state`) the split is cut into ``batch_size`` contiguous lanes instead
     and row ``i`` of batch ``b`` reads window ``b`` of lane ``i``: each row continues the text
     where the same row of the previous batch stopped, and :meth:`keep` says which rows carry
-    their state into the window and which start from zeros. ``fresh_rows`` more rows follow the
-    lanes: windows at random positions (drawn from (seed, epoch, batch)) that always start
-    from zeros, as every generation does.
+    their state into the window and which start from zeros.
 
     Example:
         >>> order = WindowOrder(n_tokens=1001, seq_len=10, batch_size=4, seed=0, lanes=True)
@@ -303,13 +301,11 @@ class WindowOrder:
     """
 
     def __init__(self, n_tokens: int, seq_len: int, batch_size: int, seed: int,
-                 lanes: bool = False, fresh_rows: int = 0):
+                 lanes: bool = False):
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.seed = seed
         self.lanes = lanes
-        self.fresh_rows = fresh_rows if lanes else 0
-        self.n_tokens = n_tokens
         self.n_windows = (n_tokens - 1) // seq_len
         self.batches_per_epoch = self.n_windows // batch_size
         used = (self.batches_per_epoch * batch_size if lanes else self.n_windows) * seq_len
@@ -326,31 +322,21 @@ class WindowOrder:
         c = int(rng.integers(0, n))
         return shift, a, c
 
-    @property
-    def rows(self) -> int:
-        """Rows of one global batch: the lanes (or windows) and the fresh rows."""
-        return self.batch_size + self.fresh_rows
-
     def starts(self, epoch: int, batch: int) -> np.ndarray:
         """Start offsets (into the split) of the windows of one global batch."""
         shift, a, c = self._epoch_params(epoch)
         if self.lanes:
             lane_length = self.batches_per_epoch * self.seq_len
             lanes = np.arange(self.batch_size, dtype=np.int64)
-            starts = shift + lanes * lane_length + batch * self.seq_len
-            if not self.fresh_rows:
-                return starts
-            rng = np.random.default_rng([self.seed, epoch, batch, 2])
-            fresh = rng.integers(0, self.n_tokens - self.seq_len, self.fresh_rows)
-            return np.concatenate([starts, fresh.astype(np.int64)])
+            return shift + lanes * lane_length + batch * self.seq_len
         rows = np.arange(batch * self.batch_size, (batch + 1) * self.batch_size, dtype=np.int64)
         windows = (a * rows + c) % self.n_windows
         return shift + windows * self.seq_len
 
     def keep(self, epoch: int, batch: int, reset: float) -> np.ndarray:
         """Which rows of a lane batch carry their state on (1.0) and which start it from
-        zeros (0.0): each lane restarts with probability ``reset``, every lane at the start
-        of an epoch, and the fresh rows always. Shape ``(rows, 1)``, float32.
+        zeros (0.0): each row restarts with probability ``reset``, and every row at the start
+        of an epoch. Shape ``(batch_size, 1)``, float32.
 
         Example:
             >>> order = WindowOrder(n_tokens=10_001, seq_len=10, batch_size=8, seed=0, lanes=True)
@@ -358,15 +344,11 @@ class WindowOrder:
             [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
             >>> round(float(np.mean([order.keep(0, b, reset=0.25) for b in range(1, 100)])), 2)
             0.76
-            >>> order = WindowOrder(10_001, 10, 4, seed=0, lanes=True, fresh_rows=2)
-            >>> order.keep(0, 5, reset=0.0).ravel().tolist()
-            [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
         """
         if batch == 0:
-            return np.zeros((self.rows, 1), np.float32)
+            return np.zeros((self.batch_size, 1), np.float32)
         rng = np.random.default_rng([self.seed, epoch, batch, 1])
-        keep = (rng.random((self.batch_size, 1)) >= reset).astype(np.float32)
-        return np.concatenate([keep, np.zeros((self.fresh_rows, 1), np.float32)])
+        return (rng.random((self.batch_size, 1)) >= reset).astype(np.float32)
 
 
 def _keras_pydataset():
@@ -382,8 +364,7 @@ class WindowDataset(_keras_pydataset()):
     predicts its next token. ``first_batch`` skips batches already trained (exact resume);
     ``shard=(index, count)`` gives this process its slice of every global batch; ``lanes``
     reads contiguous lanes (see :class:`WindowOrder`), and then ``x`` is ``(tokens, keep)``,
-    with ``keep`` the rows that carry their state on (``state_reset``: the share that do not),
-    followed by ``fresh_rows`` rows that start from zeros at random positions.
+    with ``keep`` the rows that carry their state on (``state_reset``: the share that do not).
 
     Example:
         >>> tokens = np.arange(1000, dtype=np.uint16)
@@ -406,31 +387,24 @@ class WindowDataset(_keras_pydataset()):
         shard: tuple[int, int] = (0, 1),
         lanes: bool = False,
         state_reset: float = 0.0,
-        fresh_rows: int = 0,
     ):
         super().__init__(workers=1, use_multiprocessing=False)
         self.state_reset = state_reset
         self.tokens = tokens
-        self.order = WindowOrder(len(tokens), seq_len, batch_size, seed, lanes=lanes,
-                                 fresh_rows=fresh_rows)
+        self.order = WindowOrder(len(tokens), seq_len, batch_size, seed, lanes=lanes)
         self.epoch = epoch
         self.first_batch = first_batch
         total = self.order.batches_per_epoch
         self.num_batches_ = max(0, (num_batches if num_batches is not None else total)
                                 - first_batch)
         index, count = shard
-        fresh = self.order.fresh_rows
-        if batch_size % count or fresh % count:
+        if batch_size % count:
             raise LstmgenError(
-                f"batch size {batch_size} and fresh rows {fresh} do not split evenly over "
-                f"{count} processes",
-                hint="use a batch size and --fresh-rows divisible by the number of processes",
+                f"batch size {batch_size} does not split evenly over {count} processes",
+                hint="use a batch size divisible by the number of processes",
             )
-        per, fresh_per = batch_size // count, fresh // count
-        # This process's lanes, then its fresh rows.
-        self.rows = np.concatenate([
-            np.arange(index * per, (index + 1) * per),
-            batch_size + np.arange(index * fresh_per, (index + 1) * fresh_per)])
+        per = batch_size // count
+        self.rows = slice(index * per, (index + 1) * per)
 
     def __len__(self) -> int:
         return self.num_batches_

@@ -76,11 +76,7 @@ class TrainConfig:
     carry_state: bool = True
     # With carry_state: the share of lanes that start each window from a zero state, as every
     # generation starts (see lstmgen.carried_state). Measured in bench/bench_fresh_start.py.
-    state_reset: float = 0.0
-    # With carry_state: rows added to every batch that start from a zero state at a random
-    # position of the text, so the model learns the fresh start every generation begins
-    # from while no lane loses its context (see lstmgen.carried_state).
-    fresh_rows: int = 8
+    state_reset: float = 0.3
     tensorboard: bool = False
     encoding_errors: str = "strict"
 
@@ -113,9 +109,6 @@ class TrainConfig:
         if (isinstance(self.state_reset, bool) or not isinstance(self.state_reset, (int, float))
                 or not 0.0 <= self.state_reset <= 1.0):
             raise LstmgenError(f"state-reset must be a share in [0, 1], got {self.state_reset!r}")
-        if (not isinstance(self.fresh_rows, int) or isinstance(self.fresh_rows, bool)
-                or self.fresh_rows < 0):
-            raise LstmgenError(f"fresh-rows must be an integer >= 0, got {self.fresh_rows!r}")
         if self.sample_length < 0:
             raise LstmgenError(f"sample-length must be >= 0, got {self.sample_length}")
         return self
@@ -138,7 +131,7 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         # Runs saved before these settings existed neither carried nor reset the state.
-        data = {"carry_state": False, "state_reset": 0.0, "fresh_rows": 0, **data}
+        data = {"carry_state": False, "state_reset": 0.0, **data}
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -347,12 +340,11 @@ class Trainer:
         self.config, self.state = config, state
         self.verbose = verbose if self.writes else 0
         self.order = WindowOrder(data.meta.n_train, config.seq_len, config.batch_size,
-                                 config.seed, lanes=config.carry_state,
-                                 fresh_rows=config.fresh_rows)
+                                 config.seed, lanes=config.carry_state)
         if config.carry_state:
             from lstmgen.carried_state import carried_training_model
 
-            self.model = carried_training_model(lm, self.order.rows)
+            self.model = carried_training_model(lm, config.batch_size)
         else:
             self.model = lm.training_model
         self.evaluator = Evaluator(lm, seq_len=config.seq_len)
@@ -418,7 +410,6 @@ class Trainer:
                     seed=c.seed, epoch=s.epoch, first_batch=s.batch,
                     num_batches=self._batches_this_epoch(), shard=self.cluster.shard,
                     lanes=c.carry_state, state_reset=c.state_reset,
-                    fresh_rows=c.fresh_rows,
                 )
                 if self.verbose:
                     print(f"epoch {s.epoch + 1}/{c.epochs}", flush=True)
@@ -528,7 +519,7 @@ class Trainer:
                                  max_tokens=c.val_tokens, words=self._val_words)
         row = {
             "step": s.step, "epoch": s.epoch + (s.batch / self.order.batches_per_epoch),
-            "elapsed_s": round(s.elapsed, 2), "tokens": s.step * self.order.rows * c.seq_len,
+            "elapsed_s": round(s.elapsed, 2), "tokens": s.step * c.batch_size * c.seq_len,
             "learning_rate": self.current_lr(),
             "train_loss": _float(getattr(self, "_last_train_loss", None)),
             "val_loss": val.loss if val else None,
