@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="serving needs fastapi (pip install 'lstmgen[serve]')")
@@ -14,6 +15,7 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import lstmgen  # noqa: E402
+from lstmgen.checkpoint import read_state  # noqa: E402
 from lstmgen.sampling import Sampling  # noqa: E402
 from lstmgen.serve import BatchScheduler, Job, _bind, create_app, serve  # noqa: E402
 
@@ -71,9 +73,18 @@ def test_health(client):
 
 def test_info(client, model):
     info = client.get("/info").json()
-    assert info["vocab_size"] == model.tokenizer.vocab_size
-    assert info["model"]["units"] == 32
-    assert info["best_val_bpc"] == pytest.approx(model.info()["best_val_bpc"])
+    # Facts of the run, not of the dict /info was built from.
+    text = "".join(corpus())
+    assert info["vocab_size"] == len(set(text)) == len(model.tokenizer.chars)
+    units, emb, vocab = 32, 16, len(set(text))
+    lstm = 4 * units * (emb + units + 1)
+    assert info["parameters"] == vocab * emb + lstm + units * vocab + vocab
+    assert info["step"] == 20 and info["tokenizer"] == "char"
+    best = read_state(model.run.checkpoint_path("best"))
+    assert info["best_step"] == best["best_step"] > 0
+    assert info["best_val_loss"] == pytest.approx(best["best_val_loss"])
+    # one token per character (the first is not predicted)
+    assert info["best_val_bpc"] == pytest.approx(info["best_val_loss"] / np.log(2), rel=1e-3)
     assert info["limits"] == {"max_length": MAX_LENGTH, "max_samples": MAX_SAMPLES,
                               "max_prime_chars": 20_000}
 
@@ -200,29 +211,161 @@ def test_body_too_large(client):
     assert r.status_code == 413
 
 
-def test_concurrent_requests_from_threads(client):
+def test_concurrent_requests_share_batches_with_the_real_model(client, model):
+    """Eight requests with equal settings arrive while the worker is busy: the worker takes
+    the first alone, then all seven others in one batch of the real model."""
+    scheduler = client.app.state.scheduler
+    assert wait_for(lambda: client.get("/health").json()["warm"])  # no warm-up in between
     before = client.get("/health").json()
+    gate, group = threading.Event(), scheduler._group
+    scheduler._group = lambda jobs: (gate.wait(30), group(jobs))[1]
     results, errors = {}, []
 
     def ask(i):
         try:
-            r = client.post("/generate", json={"prime": f"{i} ", "length": 100})
-            results[i] = r
+            results[i] = client.post("/generate", json={"prime": f"{i} ", "length": 100})
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    try:
+        for t in threads:
+            t.start()
+        assert wait_for(lambda: len(scheduler._pending) == 7)  # one taken, seven waiting
+    finally:
+        gate.set()
+        for t in threads:
+            t.join(60)
+        scheduler._group = group
     assert not errors and len(results) == 8
-    assert all(r.status_code == 200 and len(r.json()["samples"][0]) == 100
-               for r in results.values())
+    samples = [r.json()["samples"][0] for r in results.values()]
+    assert all(r.status_code == 200 for r in results.values())
+    assert all(len(text) == 100 for text in samples) and len(set(samples)) == 8
     after = client.get("/health").json()
     assert after["requests"] - before["requests"] == 8
-    assert after["batches"] - before["batches"] <= 8
+    assert after["batches"] - before["batches"] == 2  # 8 requests, 2 batches
+    assert after["largest_batch"] >= 7
     assert after["status"] == "ok" and after["queued"] == 0
+
+
+def wait_for(condition, timeout=30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+# -- under pressure -------------------------------------------------------------------------
+def test_full_queue_is_a_503_naming_the_retry(client):
+    scheduler = client.app.state.scheduler
+    scheduler.max_queue = 0
+    try:
+        for path in ("/generate", "/generate/stream"):
+            r = client.post(path, json={"prime": "a", "length": 5})
+            assert r.status_code == 503, path
+            assert "server busy" in r.json()["detail"] and "retry later" in r.json()["detail"]
+    finally:
+        scheduler.max_queue = 256
+    assert client.post("/generate", json={"prime": "a", "length": 5}).status_code == 200
+
+
+def test_queue_takes_max_queue_requests_then_refuses():
+    scheduler = BatchScheduler(FakeModel(), max_queue=2)
+    loop = asyncio.new_event_loop()
+    try:
+        with scheduler._wake:  # the worker cannot take them while we hold the lock
+            scheduler._thread = threading.current_thread()  # keep the worker unstarted
+            for _ in range(2):
+                scheduler.submit(Job("a", 3, Sampling(), None, 1, loop))
+            with pytest.raises(OverflowError, match="2 requests are already waiting"):
+                scheduler.submit(Job("a", 3, Sampling(), None, 1, loop))
+    finally:
+        loop.close()
+
+
+def test_client_disconnecting_mid_stream_cancels_its_work(model):
+    """A real server and client: the client reads one event of a long stream and hangs up;
+    the worker closes the batch long before its end."""
+    import httpx
+    import uvicorn
+
+    from lstmgen.serve import STREAM_BLOCK
+
+    app = create_app(model, max_length=50_000, warmup=False)
+    scheduler = app.state.scheduler
+    blocks, closed, stream = [0], threading.Event(), model.generator.stream
+
+    def counted(*args, **kwargs):
+        try:
+            for block in stream(*args, **kwargs):
+                blocks[0] += 1
+                yield block
+        finally:
+            closed.set()
+
+    sock = _bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    model.generator.stream = counted
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        assert wait_for(lambda: server.started)
+        with httpx.Client(timeout=30) as http:
+            with http.stream("POST", url + "/generate/stream",
+                             json={"prime": "the ", "length": 50_000}) as r:
+                assert r.status_code == 200
+                first = next(r.iter_lines())
+                assert first.startswith("data:")
+            # the connection is closed here, 50,000 tokens before the end
+            assert closed.wait(20), "the batch was not closed after the client left"
+            assert blocks[0] < 50_000 // STREAM_BLOCK / 2
+            assert wait_for(lambda: http.get(url + "/health").json()["running_batches"] == 0)
+            assert http.get(url + "/health").json()["status"] == "ok"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        model.generator.stream = stream
+        scheduler.close()
+
+
+def test_requests_waiting_at_shutdown_get_an_error():
+    scheduler = BatchScheduler(FakeModel())
+    got = {}
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        running = Job("a", 100_000, Sampling(), 1, 1, loop)
+        scheduler.submit(running)
+        assert isinstance(await running.queue.get(), list)  # it has started
+        await asyncio.to_thread(scheduler.close)
+        items = []
+        while not running.queue.empty():
+            items.append(running.queue.get_nowait())
+        got["running"] = items[-1]
+        with pytest.raises(lstmgen.LstmgenError, match="shutting down"):
+            scheduler.submit(Job("b", 3, Sampling(), None, 1, loop))
+
+    asyncio.run(main())
+    assert isinstance(got["running"], lstmgen.LstmgenError)
+    assert "shutting down" in str(got["running"])
+    assert not scheduler.alive
+
+
+def test_http_after_shutdown_is_a_503(model):
+    app = create_app(model, max_length=50, warmup=False)
+    with TestClient(app) as http:
+        app.state.scheduler.close()
+        r = http.post("/generate", json={"prime": "a", "length": 5})
+        assert r.status_code == 503 and "shutting down" in r.json()["detail"]
+        assert http.get("/health").status_code == 503
+
+
+def test_max_samples_above_max_batch_is_refused(model):
+    with pytest.raises(lstmgen.LstmgenError, match=r"max_samples \(9\) must be <= max_batch"):
+        create_app(model, max_samples=9, max_batch=8, warmup=False)
 
 
 # -- the scheduler, with a stand-in generator (deterministic, no model) -----------------------
