@@ -116,6 +116,8 @@ def test_evaluate_and_info(trained_run, small_text):
     (["generate", "RUN", "--temperature", "-1"], "temperature must be >= 0"),
     (["generate", "RUN", "--top-p", "0"], "top_p must be in (0, 1]"),
     (["generate", "RUN", "--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["generate", "RUN", "--min-p", "1.5"], "min_p must be in [0, 1]"),
+    (["generate", "RUN", "--min-p", "-0.1"], "min_p must be in [0, 1]"),
     (["evaluate", "RUN", "/no/such/file.txt"], "no such file or folder"),
     (["train", "/no/such/file.txt", "--out", "OUT"], "no such file or folder"),
     (["train", "EMPTY", "--out", "OUT"], "empty"),

@@ -4,8 +4,9 @@ import pytest
 from lstmgen.sampling import Sampling, filter_logits
 
 
-def kept(logits, temperature=1.0, top_k=0, top_p=1.0):
-    out = np.asarray(filter_logits(np.asarray([logits], np.float32), temperature, top_k, top_p))
+def kept(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=None):
+    out = np.asarray(filter_logits(np.asarray([logits], np.float32), temperature, top_k, top_p,
+                                   min_p))
     return [i for i, v in enumerate(out[0]) if v > -1e29]
 
 
@@ -21,6 +22,26 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert kept(logits, top_p=1.0) == [0, 1, 2, 3]
 
 
+def test_min_p_keeps_tokens_at_least_min_p_times_the_likeliest():
+    logits = np.log([0.5, 0.3, 0.15, 0.05])
+    assert kept(logits, min_p=0.5) == [0, 1]  # 0.3 >= 0.25, 0.15 < 0.25
+    assert kept(logits, min_p=0.3) == [0, 1, 2]  # 0.15 >= 0.15
+    assert kept(logits, min_p=1.0) == [0]
+    assert kept(logits, min_p=0.0) == [0, 1, 2, 3]
+    # after the temperature: at 0.5 the probabilities are squared (0.25 : 0.09 : ...)
+    assert kept(logits, temperature=0.5, min_p=0.3) == [0, 1]
+    assert kept(logits, top_k=2, min_p=0.05) == [0, 1]  # composes with top-k
+    assert kept(logits, top_p=0.81, min_p=0.05) == [0, 1, 2]  # and with top-p
+
+
+def test_min_p_outside_zero_one_is_refused():
+    from lstmgen.errors import LstmgenError
+
+    for bad in (-0.1, 1.5, True, "0.1"):
+        with pytest.raises(LstmgenError, match="min_p must be in \\[0, 1\\]"):
+            Sampling(min_p=bad).validate()
+
+
 def test_temperature_scales_logits():
     out = np.asarray(filter_logits(np.asarray([[1.0, 2.0]], np.float32), 0.5, 0, 1.0))
     np.testing.assert_allclose(out, [[2.0, 4.0]])
@@ -32,9 +53,10 @@ def test_sampling_settings():
 
 
 # -- end to end: what the compiled generation draws, against the distribution it promises ----
-def expected_distribution(logits, temperature, top_k=0, top_p=1.0):
+def expected_distribution(logits, temperature, top_k=0, top_p=1.0, min_p=0.0):
     """softmax(logits / temperature) restricted to the top-k tokens, then to the smallest set
-    of those whose probability reaches top_p (the README's order), renormalised (float64)."""
+    of those whose probability reaches top_p, then to those at least min_p times as likely as
+    the likeliest (the README's order), renormalised (float64)."""
     z = np.asarray(logits, np.float64) / temperature
     order = np.argsort(-z)
     keep = order[:top_k] if top_k else order
@@ -44,6 +66,9 @@ def expected_distribution(logits, temperature, top_k=0, top_p=1.0):
         reached = np.cumsum(p) - p < top_p  # the tokens before which the mass is below p
         keep, p = keep[reached], p[reached]
         p /= p.sum()
+    if min_p:
+        above = p >= min_p * p.max()
+        keep, p = keep[above], p[above] / p[above].sum()
     out = np.zeros(len(z))
     out[keep] = p
     return out
@@ -90,5 +115,26 @@ def test_top_k_and_top_p_draw_only_from_their_sets_as_documented(trained_run):
     assert set(np.flatnonzero(seen)) == set(ranked[:smallest])
     both = expected_distribution(logits, 0.7, top_k=3, top_p=0.8)
     seen = draws(gen, "the ", 6000, temperature=0.7, top_k=3, top_p=0.8)
+    assert set(np.flatnonzero(seen)) == set(np.flatnonzero(both))
+    assert 0.5 * np.abs(seen - both).sum() < 0.04
+
+
+def test_min_p_draws_from_its_set_in_proportion(trained_run):
+    model, _ = trained_run
+    gen = model.generator
+    logits = step_logits(gen, "the ")
+    probs = expected_distribution(logits, 0.8)
+    expected = expected_distribution(logits, 0.8, min_p=0.6)
+    kept_ids = set(np.flatnonzero(probs >= 0.6 * probs.max()))
+    assert 1 < len(kept_ids) < (probs > 1e-4).sum()  # the filter has work to do here
+    seen = draws(gen, "the ", 6000, temperature=0.8, min_p=0.6)
+    assert set(np.flatnonzero(seen)) == kept_ids == set(np.flatnonzero(expected))
+    assert 0.5 * np.abs(seen - expected).sum() < 0.04
+    nucleus = np.sort(expected_distribution(logits, 1.0, top_k=12, top_p=0.9))[::-1]
+    assert nucleus[3] > 0  # at least four tokens: a min-p between the 3rd and 4th keeps 3
+    min_p = float((nucleus[2] + nucleus[3]) / 2 / nucleus[0])
+    both = expected_distribution(logits, 1.0, top_k=12, top_p=0.9, min_p=min_p)
+    assert (both > 0).sum() == 3
+    seen = draws(gen, "the ", 6000, temperature=1.0, top_k=12, top_p=0.9, min_p=min_p)
     assert set(np.flatnonzero(seen)) == set(np.flatnonzero(both))
     assert 0.5 * np.abs(seen - both).sum() < 0.04

@@ -104,7 +104,7 @@ def test_web_page(client):
     assert r.headers["content-type"].startswith("text/html")
     page = r.text
     for needle in ('<label for="prime">', 'id="temperature"', 'id="top_k"', 'id="top_p"',
-                   'id="length"', 'id="seed"', 'id="generate"', "/generate/stream",
+                   'id="min_p"', 'id="length"', 'id="seed"', 'id="generate"', "/generate/stream",
                    "getReader"):
         assert needle in page
 
@@ -116,6 +116,13 @@ def test_generate(client):
     assert body["prime"] == "the quick"
     assert len(body["samples"]) == 3
     assert all(len(s) == 50 for s in body["samples"])  # a char model: one token, one char
+
+
+def test_min_p_one_is_greedy_over_http(client, model):
+    body = {"prime": "the ", "length": 40, "temperature": 1.5, "min_p": 1.0}
+    texts = {client.post("/generate", json=dict(body, seed=s)).json()["samples"][0]
+             for s in range(3)}
+    assert texts == {model.generate("the ", 40, temperature=0)[0]}  # only the likeliest
 
 
 def test_generate_defaults(client):
@@ -173,6 +180,8 @@ def test_stream(client):
         ({"temperature": -0.5}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"top_p": 1.01}, "top_p"),
+        ({"min_p": -0.01}, "min_p"),
+        ({"min_p": 1.5}, "min_p"),
         ({"top_k": -3}, "top_k"),
         ({"num_samples": 0}, "num_samples"),
         ({"num_samples": MAX_SAMPLES + 1}, "num_samples"),

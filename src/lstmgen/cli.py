@@ -72,6 +72,9 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
                    help="sample among the k likeliest tokens (0 = off)")
     g.add_argument("--top-p", type=float, default=1.0,
                    help="sample from the smallest set with this probability (1 = off)")
+    g.add_argument("--min-p", type=float, default=0.0,
+                   help="keep tokens at least this share as likely as the likeliest "
+                   "(0 = off, e.g. 0.05)")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible output")
     g.add_argument("--num-samples", type=_positive_int, default=1,
                    help="samples generated together as one batch")
@@ -286,7 +289,7 @@ def cmd_generate(args) -> None:
             raise lstmgen.LstmgenError(f"cannot read the prime file: {e}") from None
     model = lstmgen.load(args.run, checkpoint=args.checkpoint)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   seed=args.seed, num_samples=args.num_samples)
+                   min_p=args.min_p, seed=args.seed, num_samples=args.num_samples)
     out = sys.stdout
     if args.num_samples == 1:
         out.write(prime)

@@ -183,8 +183,8 @@ class Generator:
             (states, logits), _ = jax.lax.scan(body, (states, logits), (tokens.T, mask.T))
             return states, logits
 
-        def sample(weights, states, logits, key, offset, temperature, top_p, top_k, greedy,
-                   steps, nucleus):
+        def sample(weights, states, logits, key, offset, temperature, top_p, min_p, top_k,
+                   greedy, steps, nucleus, floor):
             # Gumbel noise for the whole block at once: argmax(logits + noise) is a draw
             # from softmax(logits), without an RNG call inside every step. The noise of token
             # number p comes from fold_in(key, p): the same text for a seed whatever the block.
@@ -198,7 +198,8 @@ class Generator:
                     token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
                 else:
                     filtered = filter_logits(logits, temperature, top_k,
-                                             top_p if nucleus else None)
+                                             top_p if nucleus else None,
+                                             min_p if floor else None)
                     token = jnp.argmax(filtered + step_noise, axis=-1).astype(jnp.int32)
                 logits, states = step(weights, token, states)
                 return (states, logits), token
@@ -208,7 +209,7 @@ class Generator:
 
         self._consume = jax.jit(consume)
         self._sample = jax.jit(sample,
-                               static_argnames=("top_k", "greedy", "steps", "nucleus"))
+                               static_argnames=("top_k", "greedy", "steps", "nucleus", "floor"))
 
     @classmethod
     def from_model(cls, lm, tokenizer, block: int = BLOCK) -> Generator:
@@ -296,6 +297,7 @@ class Generator:
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
+        min_p: float = 0.0,
         seed: int | None = None,
         num_samples: int = 1,
         block: int | None = None,
@@ -304,7 +306,8 @@ class Generator:
         strings per block). ``prime`` may be one text for all samples or one per sample;
         ``block`` tokens per block (default: the generator's)."""
         weights = self._weights()
-        sampling = Sampling(temperature, top_k, top_p).validate(self.tokenizer.vocab_size)
+        sampling = Sampling(temperature, top_k, top_p, min_p).validate(
+            self.tokenizer.vocab_size)
         if not isinstance(length, int) or length < 0:
             raise LstmgenError(f"length must be an integer >= 0, got {length!r}")
         if isinstance(prime, str):
@@ -328,8 +331,9 @@ class Generator:
         def dispatch(states, logits, offset):  # returns at once: JAX runs it meanwhile
             return self._sample(
                 weights, states, logits, key, np.uint32(offset), float(sampling.temperature),
-                float(sampling.top_p), top_k=sampling.top_k, greedy=sampling.greedy,
-                steps=block, nucleus=sampling.top_p < 1.0,
+                float(sampling.top_p), float(sampling.min_p), top_k=sampling.top_k,
+                greedy=sampling.greedy, steps=block, nucleus=sampling.top_p < 1.0,
+                floor=sampling.min_p > 0.0,
             )
 
         produced = 0

@@ -1,4 +1,5 @@
-"""How the next token is chosen from the model's logits: temperature, top-k, top-p, greedy.
+"""How the next token is chosen from the model's logits: temperature, top-k, top-p, min-p,
+greedy.
 
 Written in ``jax.numpy`` so it traces into the compiled generation loop.
 """
@@ -12,7 +13,9 @@ from lstmgen.errors import LstmgenError
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings. ``temperature=0`` is greedy; ``top_k=0`` and ``top_p=1`` are off.
+    """Sampling settings. ``temperature=0`` is greedy; ``top_k=0``, ``top_p=1`` and
+    ``min_p=0`` are off. ``min_p`` keeps the tokens whose probability is at least ``min_p``
+    times the likeliest token's (after the temperature, as in Hugging Face ``generate``).
 
     Example:
         >>> Sampling(temperature=0.8, top_k=40).validate().greedy
@@ -24,6 +27,7 @@ class Sampling:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    min_p: float = 0.0
 
     @property
     def greedy(self) -> bool:
@@ -41,18 +45,23 @@ class Sampling:
             raise LstmgenError(
                 f"top_p must be in (0, 1], got {self.top_p}", hint="1 is off, e.g. 0.9"
             )
+        if (isinstance(self.min_p, bool) or not isinstance(self.min_p, (int, float))
+                or not 0 <= self.min_p <= 1):
+            raise LstmgenError(f"min_p must be in [0, 1], got {self.min_p}",
+                               hint="0 is off, e.g. 0.05")
         if vocab_size is not None and self.top_k > vocab_size:
-            return Sampling(self.temperature, vocab_size, self.top_p)
+            return Sampling(self.temperature, vocab_size, self.top_p, self.min_p)
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def filter_logits(logits, temperature, top_k: int, top_p):
-    """Scale ``logits`` (batch, vocab) by the temperature and mask all but the top-k tokens
-    and the smallest set whose probability reaches ``top_p``. ``top_k`` is static; a
-    ``top_p`` of ``None`` skips the (sorting) nucleus filter."""
+def filter_logits(logits, temperature, top_k: int, top_p, min_p=None):
+    """Scale ``logits`` (batch, vocab) by the temperature and mask all but the top-k tokens,
+    of those the smallest set whose probability reaches ``top_p``, and of those the tokens at
+    least ``min_p`` times as likely as the likeliest. ``top_k`` is static; a ``top_p`` or
+    ``min_p`` of ``None`` skips that filter (top-p sorts; min-p costs one max)."""
     import jax
     import jax.numpy as jnp
 
@@ -61,8 +70,19 @@ def filter_logits(logits, temperature, top_k: int, top_p):
     if top_k:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, neg_inf, logits)
-    if top_p is None:
-        return logits
+    if top_p is not None:
+        logits = _nucleus(logits, top_p, neg_inf)
+    if min_p is not None:
+        # p_i >= min_p * p_max  <=>  logit_i >= max logit + log(min_p)
+        floor = jnp.max(logits, axis=-1, keepdims=True) + jnp.log(jnp.maximum(min_p, 1e-30))
+        logits = jnp.where(logits < floor, neg_inf, logits)
+    return logits
+
+
+def _nucleus(logits, top_p, neg_inf):
+    import jax
+    import jax.numpy as jnp
+
     ordered = jnp.flip(jnp.sort(logits, axis=-1), axis=-1)
     probs = jax.nn.softmax(ordered, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs

@@ -5,7 +5,7 @@
     GET  /                  the web page (static/index.html, held in memory)
     GET  /info              the run's summary (TrainedModel.info()) and the server's limits
     GET  /health            liveness and the generation worker's counters
-    POST /generate          {"prime", "length", "temperature", "top_k", "top_p", "seed",
+    POST /generate          {"prime", "length", "temperature", "top_k", "top_p", "min_p", "seed",
                             "num_samples"} -> {"samples": [...], ...}
     POST /generate/stream   the same request; text arrives as server-sent events
     GET  /docs, /openapi.json   FastAPI's generated documentation
@@ -81,7 +81,8 @@ class _Batch:
         self.streams = len(primes)
         self._blocks = generator.stream(
             primes, first.length, temperature=first.sampling.temperature,
-            top_k=first.sampling.top_k, top_p=first.sampling.top_p, seed=first.seed,
+            top_k=first.sampling.top_k, top_p=first.sampling.top_p,
+            min_p=first.sampling.min_p, seed=first.seed,
             block=STREAM_BLOCK,
         )
 
@@ -263,6 +264,9 @@ def _request_model(max_length: int, max_samples: int, max_prime_chars: int):
         top_k: int = Field(0, ge=0, description="sample among the k likeliest tokens (0 = off)")
         top_p: float = Field(1.0, gt=0, le=1,
                              description="sample from the smallest set with this probability")
+        min_p: float = Field(0.0, ge=0, le=1,
+                             description="keep tokens at least this share as likely as the "
+                                         "likeliest (0 = off)")
         seed: int | None = Field(None, ge=0, le=MAX_SEED,
                                  description="the same seed and settings give the same text")
         num_samples: int = Field(1, ge=1, le=max_samples,
@@ -395,7 +399,8 @@ def create_app(model, *, max_length: int = 2000, max_samples: int = 16, max_batc
     async def blocks(request: GenerateRequest):
         """Submit a job; yield its blocks (lists of strings, one per sample) as they come."""
         try:
-            sampling = Sampling(request.temperature, request.top_k, request.top_p).validate(
+            sampling = Sampling(request.temperature, request.top_k, request.top_p,
+                                request.min_p).validate(
                 model.tokenizer.vocab_size)
         except LstmgenError as e:
             raise HTTPException(422, detail=str(e)) from None
