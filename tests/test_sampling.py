@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from lstmgen.errors import LstmgenError
 from lstmgen.sampling import Sampling, filter_logits
 
 
@@ -138,3 +139,49 @@ def test_min_p_draws_from_its_set_in_proportion(trained_run):
     seen = draws(gen, "the ", 6000, temperature=1.0, top_k=12, top_p=0.9, min_p=min_p)
     assert set(np.flatnonzero(seen)) == set(np.flatnonzero(both))
     assert 0.5 * np.abs(seen - both).sum() < 0.04
+
+
+def penalized(logits, prime_ids, penalty):
+    """The model's log-probabilities with those of the prime's tokens multiplied by
+    ``penalty`` (so p becomes p ** penalty), as logits for expected_distribution."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max() - np.log(np.exp(z - z.max()).sum())
+    z[np.unique(prime_ids)] *= penalty
+    return z
+
+
+@pytest.mark.parametrize("penalty", [0.5, 2.5])
+def test_repetition_penalty_draws_follow_the_penalized_distribution(trained_run, penalty):
+    model, _ = trained_run
+    gen = model.generator
+    prime = "the sense of the"
+    ids = gen.encode_prime(prime)
+    logits = step_logits(gen, prime)
+    expected = expected_distribution(penalized(logits, ids, penalty), 0.9)
+    plain = expected_distribution(logits, 0.9)
+    assert 0.5 * np.abs(expected - plain).sum() > 0.1  # the penalty has work to do here
+    seen = draws(gen, prime, 6000, temperature=0.9, repetition_penalty=penalty)
+    assert 0.5 * np.abs(seen - expected).sum() < 0.04
+    both = expected_distribution(penalized(logits, ids, penalty), 1.0, top_k=6, min_p=0.05)
+    seen = draws(gen, prime, 6000, temperature=1.0, top_k=6, min_p=0.05,
+                 repetition_penalty=penalty)
+    assert set(np.flatnonzero(seen)) == set(np.flatnonzero(both))
+    assert 0.5 * np.abs(seen - both).sum() < 0.04
+
+
+def test_repetition_penalty_counts_the_tokens_generated_so_far(trained_run):
+    model, _ = trained_run
+    gen = model.generator
+    ids = gen.tokenizer.encode("the ", warn=False)
+    text = gen.generate("the ", 24, temperature=0, repetition_penalty=1e9, block=8)[0]
+    out = gen.tokenizer.encode(text, warn=False)
+    assert len(out) == 24 and len(set(out)) == 24  # across blocks, no token twice
+    assert not set(out) & set(ids)  # nor one of the prime's
+    plain = gen.generate("the ", 24, temperature=0, block=8)[0]
+    assert len(set(gen.tokenizer.encode(plain, warn=False))) < 24
+
+
+def test_repetition_penalty_must_be_positive():
+    for bad in (0, -1.0, float("nan"), float("inf"), True):
+        with pytest.raises(LstmgenError, match="repetition_penalty must be > 0"):
+            Sampling(repetition_penalty=bad).validate()

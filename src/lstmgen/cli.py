@@ -19,7 +19,10 @@ EXAMPLES = {
     "generate": """examples:
   lstmgen generate runs/books --prime "It was a dark" --length 400 --temperature 0.8
   lstmgen generate runs/books --num-samples 4 --top-p 0.9 --seed 7
-  lstmgen generate runs/books --temperature 0          # greedy""",
+  lstmgen generate runs/books --temperature 0          # greedy
+  lstmgen generate runs/plays --prime "ROMEO:" --prime "JULIET:" --stop "\\n\\n"
+  lstmgen generate runs/books --prime-file primes.txt --output samples.jsonl
+  lstmgen generate runs/plays --interactive --stop "\\n\\n"   # a line at a time""",
     "evaluate": """examples:
   lstmgen evaluate runs/books held_out.txt
   lstmgen evaluate runs/books test/ --json
@@ -75,9 +78,14 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-p", type=float, default=0.0,
                    help="keep tokens at least this share as likely as the likeliest "
                    "(0 = off, e.g. 0.05)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="above 1 repeats tokens of the text less, e.g. 1.2 (1 = off)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end a sample where TEXT first appears, not shown (repeatable; "
+                   "\\n and \\t as typed)")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible output")
     g.add_argument("--num-samples", type=_positive_int, default=1,
-                   help="samples generated together as one batch")
+                   help="samples per prime, generated together as one batch")
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -182,9 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("generate", "generate text from a trained run")
     p.add_argument("run", help="run folder")
-    p.add_argument("--prime", default="", help="text to continue (any length; default none)")
-    p.add_argument("--prime-file", default=None, help="read the prime from a file")
+    p.add_argument("--prime", action="append", default=None,
+                   help="text to continue (any length; default none); repeat it for several "
+                   "primes, generated as one batch")
+    p.add_argument("--prime-file", default=None,
+                   help="read the primes from a file, one per line")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--output", metavar="FILE", default=None,
+                   help="write the samples to FILE (.jsonl: one JSON object per sample; "
+                   "else text)")
+    p.add_argument("--interactive", action="store_true",
+                   help="read a line at a time from stdin and continue the conversation "
+                   "(the state carries across turns)")
     _add_sampling(p)
 
     p = command("evaluate", "loss, bits per character and perplexity on held-out text")
@@ -277,30 +294,120 @@ def cmd_train(args) -> None:
     )
 
 
-def cmd_generate(args) -> None:
+def _primes(args) -> list[str]:
     import lstmgen
 
-    prime = args.prime
+    primes = list(args.prime or [])
     if args.prime_file:
         try:
             with open(args.prime_file, encoding="utf-8") as f:
-                prime = f.read()
+                lines = f.read().splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise lstmgen.LstmgenError(f"cannot read the prime file: {e}") from None
+            raise lstmgen.LstmgenError(f"cannot read the prime file: {e}",
+                                       hint="give a UTF-8 text file, one prime per line"
+                                       ) from None
+        lines = [line for line in lines if line]
+        if not lines:
+            raise lstmgen.LstmgenError(f"the prime file {args.prime_file} has no primes",
+                                       hint="write one prime per line")
+        primes += lines
+    return primes or [""]
+
+
+def cmd_generate(args) -> None:
+    import lstmgen
+    from lstmgen.stopping import stop_list, unescape
+
+    primes = _primes(args)
+    stops = list(stop_list([unescape(s) for s in args.stop]))
+    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                    stop=stops)
+    if args.interactive:
+        if args.output or args.num_samples != 1 or len(primes) > 1:
+            raise lstmgen.LstmgenError(
+                "--interactive holds one conversation",
+                hint="drop --output, --num-samples and extra primes, or --interactive")
+        model = lstmgen.load(args.run, checkpoint=args.checkpoint)
+        return _interactive(model.session(**settings, seed=args.seed), primes[0], args.length)
     model = lstmgen.load(args.run, checkpoint=args.checkpoint)
-    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   min_p=args.min_p, seed=args.seed, num_samples=args.num_samples)
+    batch = [p for p in primes for _ in range(args.num_samples)]
+    stream = model.stream(batch if len(batch) > 1 else batch[0], args.length, **settings,
+                          seed=args.seed)
     out = sys.stdout
-    if args.num_samples == 1:
-        out.write(prime)
-        for block in model.stream(prime, args.length, **options):
+    if len(batch) == 1 and not args.output:
+        out.write(batch[0])
+        for block in stream:
             out.write(block[0])
             out.flush()
         out.write("\n")
         return
-    for i, text in enumerate(model.generate(prime, args.length, **options)):
-        out.write(f"=== sample {i + 1} ===\n{prime}{text}\n")
+    texts = [""] * len(batch)
+    for block in stream:
+        texts = [t + b for t, b in zip(texts, block)]
+    if args.output:
+        _write_samples(args.output, batch, texts, stream, {"length": args.length, **settings})
+        print(f"wrote {len(texts)} sample(s) to {args.output}", file=sys.stderr)
+        return
+    out.write(_as_text(batch, texts))
     out.flush()
+
+
+def _as_text(primes: list[str], texts: list[str]) -> str:
+    if len(texts) == 1:
+        return f"{primes[0]}{texts[0]}\n"
+    return "".join(f"=== sample {i + 1} ===\n{p}{t}\n"
+                   for i, (p, t) in enumerate(zip(primes, texts)))
+
+
+def _write_samples(path: str, primes, texts, stream, settings: dict) -> None:
+    """The samples as JSON lines (``.jsonl``) or as the text the terminal shows, atomically."""
+    from lstmgen import atomic
+    from lstmgen.errors import LstmgenError
+
+    if path.endswith(".jsonl"):
+        rows = [{"sample": i + 1, "prime": p, "text": t, "finish_reason": reason,
+                 "seed": stream.seed, "settings": settings}
+                for i, (p, t, reason) in enumerate(zip(primes, texts, stream.finish_reasons))]
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    else:
+        text = _as_text(primes, texts)
+    try:
+        atomic.write_text(path, text)
+    except OSError as e:
+        raise LstmgenError(f"cannot write {path}: {e.strerror or e}",
+                           hint="choose a writable path for --output") from None
+
+
+def _interactive(session, prime: str, length: int) -> None:
+    """A line at a time from stdin: each line joins the context as typed, the model's
+    continuation is printed and joins it too (with the line break printed after it), so the
+    context is exactly the transcript. Ends at EOF or Ctrl-C."""
+    tty = sys.stdin.isatty()
+    if prime:
+        session.feed(prime)
+    try:
+        while True:
+            if tty:
+                print("> ", end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                break
+            line = line.rstrip("\r\n")
+            session.feed(line)
+            if not tty:  # a terminal shows what was typed already
+                sys.stdout.write(line)
+            text = ""
+            for piece in session.reply(length):
+                text += piece
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            if not text.endswith("\n"):
+                sys.stdout.write("\n")
+                session.feed("\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
 
 
 def cmd_evaluate(args) -> None:

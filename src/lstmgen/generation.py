@@ -26,6 +26,7 @@ from lstmgen.errors import LstmgenError
 from lstmgen.heads import jax_ops, output_log_probs, output_shapes
 from lstmgen.model import ModelConfig
 from lstmgen.sampling import Sampling, filter_logits
+from lstmgen.stopping import StopFilter, stop_list
 
 START_TEXT = "\n"
 BLOCK = 256  # tokens per compiled sampling call
@@ -183,17 +184,21 @@ class Generator:
             (states, logits), _ = jax.lax.scan(body, (states, logits), (tokens.T, mask.T))
             return states, logits
 
-        def sample(weights, states, logits, key, offset, temperature, top_p, min_p, top_k,
-                   greedy, steps, nucleus, floor):
+        def sample(weights, states, logits, seen, key, offset, temperature, top_p, min_p,
+                   penalty, top_k, greedy, steps, nucleus, floor, penalize):
             # Gumbel noise for the whole block at once: argmax(logits + noise) is a draw
             # from softmax(logits), without an RNG call inside every step. The noise of token
             # number p comes from fold_in(key, p): the same text for a seed whatever the block.
             positions = offset + jnp.arange(steps, dtype=jnp.uint32)
             noise = jax.vmap(lambda p: jax.random.gumbel(
                 jax.random.fold_in(key, p), logits.shape, logits.dtype))(positions)
+            rows = jnp.arange(logits.shape[0])
 
             def body(carry, step_noise):
-                states, logits = carry
+                states, logits, seen = carry
+                if penalize:  # on log-probabilities (<= 0): a seen token's p becomes p**penalty
+                    logits = jax.nn.log_softmax(logits, axis=-1)
+                    logits = jnp.where(seen, logits * penalty, logits)
                 if greedy:
                     token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
                 else:
@@ -201,15 +206,18 @@ class Generator:
                                              top_p if nucleus else None,
                                              min_p if floor else None)
                     token = jnp.argmax(filtered + step_noise, axis=-1).astype(jnp.int32)
+                if penalize:
+                    seen = seen.at[rows, token].set(True)
                 logits, states = step(weights, token, states)
-                return (states, logits), token
+                return (states, logits, seen), token
 
-            (states, logits), tokens = jax.lax.scan(body, (states, logits), noise)
-            return states, logits, tokens.T
+            (states, logits, seen), tokens = jax.lax.scan(body, (states, logits, seen), noise)
+            return states, logits, seen, tokens.T
 
         self._consume = jax.jit(consume)
         self._sample = jax.jit(sample,
-                               static_argnames=("top_k", "greedy", "steps", "nucleus", "floor"))
+                               static_argnames=("top_k", "greedy", "steps", "nucleus", "floor",
+                                                "penalize"))
 
     @classmethod
     def from_model(cls, lm, tokenizer, block: int = BLOCK) -> Generator:
@@ -289,6 +297,27 @@ class Generator:
         logits = np.zeros((batch, self.tokenizer.vocab_size), np.float32)
         return self._consume(weights, states, logits, tokens, mask)
 
+    def seen_tokens(self, primes: list[np.ndarray]) -> np.ndarray:
+        """(batch, vocab) booleans: which tokens each prime holds (for the repetition
+        penalty)."""
+        seen = np.zeros((len(primes), self.tokenizer.vocab_size), bool)
+        for row, ids in zip(seen, primes):
+            row[ids] = True
+        return seen
+
+    def dispatch(self, weights, states, logits, seen, key, offset: int, sampling: Sampling,
+                 steps: int):
+        """Sample the next ``steps`` tokens of every stream from ``(states, logits)``; returns
+        at once (JAX runs it meanwhile) with ``(states, logits, seen, tokens)``. ``seen`` is
+        the (batch, vocab) mask of tokens so far, or ``None`` when no penalty applies."""
+        return self._sample(
+            weights, states, logits, seen, key, np.uint32(offset), float(sampling.temperature),
+            float(sampling.top_p), float(sampling.min_p), float(sampling.repetition_penalty),
+            top_k=sampling.top_k, greedy=sampling.greedy, steps=steps,
+            nucleus=sampling.top_p < 1.0, floor=sampling.min_p > 0.0,
+            penalize=sampling.penalizes,
+        )
+
     def stream(
         self,
         prime: str | list[str] = "",
@@ -298,63 +327,111 @@ class Generator:
         top_k: int = 0,
         top_p: float = 1.0,
         min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        stop: str | list[str] | None = None,
         seed: int | None = None,
         num_samples: int = 1,
         block: int | None = None,
-    ) -> Iterator[list[str]]:
+    ) -> TextStream:
         """Yield, block by block, the new text of each sample (a list of ``num_samples``
-        strings per block). ``prime`` may be one text for all samples or one per sample;
-        ``block`` tokens per block (default: the generator's)."""
-        weights = self._weights()
-        sampling = Sampling(temperature, top_k, top_p, min_p).validate(
+        strings per block, or one per prime). ``prime`` may be one text for all samples or a
+        list of primes, one sample each. A sample ends at ``length`` tokens or at the first
+        of the ``stop`` sequences, which is not returned; the returned :class:`TextStream`
+        tells which (``finish_reasons``) and the seed used. ``block`` tokens are sampled
+        per compiled call (default: the generator's).
+
+        Example:
+            >>> text = model.stream("ROMEO:", 100, stop="\\n\\n", seed=1)   # doctest: +SKIP
+            >>> "".join(b[0] for b in text), text.finish_reasons           # doctest: +SKIP
+            ('\\nWhat, ho! ...', ['stop'])
+        """
+        sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty).validate(
             self.tokenizer.vocab_size)
-        if not isinstance(length, int) or length < 0:
+        stops = stop_list(stop)
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
             raise LstmgenError(f"length must be an integer >= 0, got {length!r}")
         if isinstance(prime, str):
-            if not isinstance(num_samples, int) or num_samples < 1:
+            if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
+                    or num_samples < 1:
                 raise LstmgenError(f"num_samples must be >= 1, got {num_samples!r}")
             primes = [prime] * num_samples
         else:
             primes = list(prime)
             if not primes:
                 raise LstmgenError("give at least one prime")
+        block = self.block if block is None else block
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise LstmgenError(f"block must be a positive integer, got {block!r}")
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         key = prng_key(seed)
         encoded = [self.encode_prime(p) for p in primes]
+        text = TextStream(seed, len(primes))
+        text._blocks = self._blocks(text, encoded, length, sampling, stops, key, block)
+        return text
+
+    def _blocks(self, text: TextStream, encoded, length, sampling, stops, key, block):
+        weights = self._weights()
         states, logits = self.prime_states(encoded, weights)
-        decoders = [self.tokenizer.stream_decoder() for _ in primes]
-        block = self.block if block is None else block
-        if not isinstance(block, int) or block < 1:
-            raise LstmgenError(f"block must be a positive integer, got {block!r}")
-
-        def dispatch(states, logits, offset):  # returns at once: JAX runs it meanwhile
-            return self._sample(
-                weights, states, logits, key, np.uint32(offset), float(sampling.temperature),
-                float(sampling.top_p), float(sampling.min_p), top_k=sampling.top_k,
-                greedy=sampling.greedy, steps=block, nucleus=sampling.top_p < 1.0,
-                floor=sampling.min_p > 0.0,
-            )
-
+        seen = self.seen_tokens(encoded) if sampling.penalizes else None
+        decoders = [self.tokenizer.stream_decoder() for _ in encoded]
+        filters = [StopFilter(stops) for _ in encoded]
+        reasons = text.finish_reasons
         produced = 0
-        pending = dispatch(states, logits, 0) if length else None
+        pending = (self.dispatch(weights, states, logits, seen, key, 0, sampling, block)
+                   if length else None)
         while produced < length:
-            states, logits, tokens = pending
+            states, logits, seen, tokens = pending
             take = min(block, length - produced)
             produced += take
             if produced < length:
-                pending = dispatch(states, logits, produced)
+                pending = self.dispatch(weights, states, logits, seen, key, produced,
+                                        sampling, block)
             rows = np.asarray(tokens)[:, :take]
-            yield ["".join(d.feed(int(t)) for t in row) for d, row in zip(decoders, rows)]
-        tails = [d.flush() for d in decoders]
+            pieces = ["".join(d.feed(int(t)) for t in row) for d, row in zip(decoders, rows)]
+            if stops:
+                pieces = [f.feed(piece) for f, piece in zip(filters, pieces)]
+                for i, f in enumerate(filters):
+                    if f.stopped:
+                        reasons[i] = "stop"
+            yield pieces
+            if stops and all(f.stopped for f in filters):
+                return
+        tails = [f.feed(d.flush()) + f.flush() for d, f in zip(decoders, filters)]
+        for i, f in enumerate(filters):
+            reasons[i] = "stop" if f.stopped else "length"
         if any(tails):
             yield tails
 
     def generate(self, prime: str | list[str] = "", length: int = 200, **kwargs) -> list[str]:
-        """Return ``num_samples`` continuations of ``prime`` of ``length`` tokens each (the
-        prime itself is not included). Same arguments as :meth:`stream`."""
-        blocks = list(self.stream(prime, length, **kwargs))
-        if not blocks:
-            n = kwargs.get("num_samples", 1) if isinstance(prime, str) else len(prime)
-            return [""] * n
-        return ["".join(column) for column in zip(*blocks)]
+        """Return ``num_samples`` continuations of ``prime`` (or one per prime in a list) of
+        at most ``length`` tokens each (the prime itself is not included). Same arguments as
+        :meth:`stream`."""
+        stream = self.stream(prime, length, **kwargs)
+        texts = [""] * len(stream.finish_reasons)
+        for blocks in stream:
+            texts = [t + b for t, b in zip(texts, blocks)]
+        return texts
+
+
+class TextStream:
+    """The blocks of new text :meth:`Generator.stream` yields, one string per sample.
+
+    ``seed`` is the seed used (drawn at random when none was given); ``finish_reasons`` holds
+    per sample ``"stop"`` once a stop sequence ended it, ``"length"`` once it reached its
+    length, ``None`` while it runs. ``close()`` abandons the rest.
+    """
+
+    def __init__(self, seed: int, samples: int):
+        self.seed = seed
+        self.finish_reasons: list[str | None] = [None] * samples
+        self._blocks: Iterator[list[str]] = iter(())
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> list[str]:
+        return next(self._blocks)
+
+    def close(self) -> None:
+        self._blocks.close()

@@ -194,12 +194,26 @@ class TrainedModel:
         return self._generator
 
     def generate(self, prime="", length: int = 200, **sampling) -> list[str]:
-        """``num_samples`` continuations of ``prime`` (see :meth:`Generator.stream`)."""
+        """``num_samples`` continuations of ``prime``, or one per prime of a list, each
+        ending at ``length`` tokens or a ``stop`` sequence (see :meth:`Generator.stream`).
+
+        Example:
+            >>> model.generate(["ROMEO:", "JULIET:"], 300, stop="\\n\\n",
+            ...                repetition_penalty=1.2, seed=3)        # doctest: +SKIP
+        """
         return self.generator.generate(prime, length, **sampling)
 
     def stream(self, prime="", length: int = 200, **sampling):
-        """Yield new text block by block, one string per sample."""
+        """Yield new text block by block, one string per sample; the returned
+        :class:`~lstmgen.generation.TextStream` also tells the seed and finish reasons."""
         return self.generator.stream(prime, length, **sampling)
+
+    def session(self, **sampling):
+        """An interactive :class:`~lstmgen.session.Session`: feed text, get replies, the
+        whole conversation carried as the model's state."""
+        from lstmgen.session import Session
+
+        return Session(self.generator, **sampling)
 
     def evaluate(self, source, *, encoding_errors: str = "strict", max_tokens=None,
                  carry_state: bool = True):

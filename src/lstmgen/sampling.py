@@ -1,12 +1,12 @@
-"""How the next token is chosen from the model's logits: temperature, top-k, top-p, min-p,
-greedy.
+"""How the next token is chosen from the model's logits: repetition penalty, temperature,
+top-k, top-p, min-p, greedy.
 
 Written in ``jax.numpy`` so it traces into the compiled generation loop.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from lstmgen.errors import LstmgenError
 
@@ -16,6 +16,10 @@ class Sampling:
     """Sampling settings. ``temperature=0`` is greedy; ``top_k=0``, ``top_p=1`` and
     ``min_p=0`` are off. ``min_p`` keeps the tokens whose probability is at least ``min_p``
     times the likeliest token's (after the temperature, as in Hugging Face ``generate``).
+    ``repetition_penalty`` (1 = off) is Hugging Face's rule applied to the log-probabilities
+    (all <= 0): each token already in the text (prime or sample) has its log-probability
+    multiplied by it, so its probability ``p`` becomes ``p ** penalty`` before the others are
+    renormalised; it comes first, then the temperature and the filters.
 
     Example:
         >>> Sampling(temperature=0.8, top_k=40).validate().greedy
@@ -28,10 +32,15 @@ class Sampling:
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def penalizes(self) -> bool:
+        return self.repetition_penalty != 1.0
 
     def validate(self, vocab_size: int | None = None) -> Sampling:
         if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
@@ -49,8 +58,13 @@ class Sampling:
                 or not 0 <= self.min_p <= 1):
             raise LstmgenError(f"min_p must be in [0, 1], got {self.min_p}",
                                hint="0 is off, e.g. 0.05")
+        penalty = self.repetition_penalty
+        if (isinstance(penalty, bool) or not isinstance(penalty, (int, float))
+                or not 0 < penalty < float("inf")):
+            raise LstmgenError(f"repetition_penalty must be > 0, got {penalty}",
+                               hint="1 is off; above 1 repeats less, e.g. 1.2")
         if vocab_size is not None and self.top_k > vocab_size:
-            return Sampling(self.temperature, vocab_size, self.top_p, self.min_p)
+            return replace(self, top_k=vocab_size)
         return self
 
     def to_dict(self) -> dict:

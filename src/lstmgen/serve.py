@@ -5,17 +5,19 @@
     GET  /                  the web page (static/index.html, held in memory)
     GET  /info              the run's summary (TrainedModel.info()) and the server's limits
     GET  /health            liveness and the generation worker's counters
-    POST /generate          {"prime", "length", "temperature", "top_k", "top_p", "min_p", "seed",
-                            "num_samples"} -> {"samples": [...], ...}
+    POST /generate          {"prime", "length", "temperature", "top_k", "top_p", "min_p",
+                            "repetition_penalty", "stop", "seed", "num_samples"}
+                            -> {"samples": [...], "finish_reasons": [...], ...}
     POST /generate/stream   the same request; text arrives as server-sent events
     GET  /docs, /openapi.json   FastAPI's generated documentation
 
 The model is loaded once. One worker thread runs all generation, so the event loop never
-waits on the model. Requests queued at the same moment with the same sampling settings and
-length, and no seed, are batched into one :meth:`Generator.stream` call (one stream per
-sample); the worker then steps every running batch one block at a time, in turn, so a short
-request is never stuck behind a long one. A request with a seed runs in a batch of its own,
-so its text is exactly what ``lstmgen generate --seed`` gives.
+waits on the model. Requests queued at the same moment with the same sampling settings, length
+and stop sequences, and no seed, are batched (whatever their primes) into one
+:meth:`Generator.stream` call (one stream per sample); the worker then steps every running
+batch one block at a time, in turn, so a short request is never stuck behind a long one. A
+request with a seed runs in a batch of its own, so its text is exactly what
+``lstmgen generate --seed`` gives.
 """
 
 
@@ -34,6 +36,7 @@ from lstmgen.run import TrainedModel, load
 from lstmgen.sampling import Sampling
 
 MAX_SEED = 2**32 - 1
+MAX_STOPS, MAX_STOP_CHARS = 16, 500
 STREAM_BLOCK = 64  # tokens per step of a batch: text arrives in small pieces, batches alternate
 _DONE = object()
 
@@ -50,8 +53,10 @@ class Job:
     seed: int | None
     num_samples: int
     loop: asyncio.AbstractEventLoop
+    stops: tuple[str, ...] = ()
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False  # set by the event loop when the client goes away
+    finish_reasons: list = field(default_factory=list)  # set before _DONE is put
 
     def put(self, item) -> None:
         try:
@@ -62,7 +67,7 @@ class Job:
     @property
     def batch_key(self):
         """Jobs with equal keys may share a batch; seeded jobs never share."""
-        return None if self.seed is not None else (self.sampling, self.length)
+        return None if self.seed is not None else (self.sampling, self.length, self.stops)
 
 
 class _Batch:
@@ -79,22 +84,27 @@ class _Batch:
         primes += [""] * (pad_to - len(primes))
         first = jobs[0]
         self.streams = len(primes)
-        self._blocks = generator.stream(
-            primes, first.length, temperature=first.sampling.temperature,
-            top_k=first.sampling.top_k, top_p=first.sampling.top_p,
-            min_p=first.sampling.min_p, seed=first.seed,
-            block=STREAM_BLOCK,
-        )
+        self._error = None
+        try:
+            self._blocks = generator.stream(
+                primes, first.length, **first.sampling.to_dict(), stop=list(first.stops),
+                seed=first.seed, block=STREAM_BLOCK,
+            )
+        except Exception as e:  # noqa: BLE001 - reported to the waiting requests
+            self._error = e
 
     def step(self) -> bool:
         """Generate the next block and hand it out; False once the batch is finished."""
+        if self._error is not None:
+            self._finish(self._error)
+            return False
         if all(job.cancelled for job in self.jobs):
             self._blocks.close()
             return False
         try:
             block = next(self._blocks)
         except StopIteration:
-            self._finish(_DONE)
+            self._done()
             return False
         except Exception as e:  # noqa: BLE001 - reported to the waiting requests
             self._finish(e)
@@ -102,7 +112,19 @@ class _Batch:
         for job, part in zip(self.jobs, self.slices, strict=True):
             if not job.cancelled:
                 job.put(block[part])
+        reasons = self._blocks.finish_reasons
+        if all(reasons[part] == ["stop"] * job.num_samples
+               for job, part in zip(self.jobs, self.slices)):  # only padding runs on
+            self._blocks.close()
+            self._done()
+            return False
         return True
+
+    def _done(self) -> None:
+        reasons = [reason or "length" for reason in self._blocks.finish_reasons]
+        for job, part in zip(self.jobs, self.slices):
+            job.finish_reasons = reasons[part]
+        self._finish(_DONE)
 
     def _finish(self, item) -> None:
         for job in self.jobs:
@@ -248,7 +270,7 @@ def batch_size(streams: int, max_batch: int) -> int:
 
 # -- the HTTP application -----------------------------------------------------------------
 def _request_model(max_length: int, max_samples: int, max_prime_chars: int):
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
 
     class GenerateRequest(BaseModel):
         """What to generate. Unknown fields are refused, so a misspelt option is an error."""
@@ -267,10 +289,31 @@ def _request_model(max_length: int, max_samples: int, max_prime_chars: int):
         min_p: float = Field(0.0, ge=0, le=1,
                              description="keep tokens at least this share as likely as the "
                                          "likeliest (0 = off)")
+        repetition_penalty: float = Field(1.0, gt=0,
+                                          description="above 1 repeats tokens of the text "
+                                                      "less, e.g. 1.2 (1 = off)")
+        stop: str | list[str] | None = Field(
+            None, description="end a sample where one of these first appears (not returned)")
         seed: int | None = Field(None, ge=0, le=MAX_SEED,
                                  description="the same seed and settings give the same text")
         num_samples: int = Field(1, ge=1, le=max_samples,
                                  description="continuations generated together")
+
+        @field_validator("stop")
+        @classmethod
+        def _stops(cls, stop):
+            stops = [stop] if isinstance(stop, str) else stop or []
+            if len(stops) > MAX_STOPS:
+                raise ValueError(f"at most {MAX_STOPS} stop sequences")
+            if any(not s for s in stops):
+                raise ValueError("a stop sequence is empty")
+            if any(len(s) > MAX_STOP_CHARS for s in stops):
+                raise ValueError(f"a stop sequence is over {MAX_STOP_CHARS} characters")
+            return stop
+
+        @property
+        def stops(self) -> tuple[str, ...]:
+            return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
     return GenerateRequest
 
@@ -396,16 +439,18 @@ def create_app(model, *, max_length: int = 2000, max_samples: int = 16, max_batc
     async def invalid_request(request: Request, exc: RequestValidationError):
         return _invalid(exc.errors())
 
-    async def blocks(request: GenerateRequest):
-        """Submit a job; yield its blocks (lists of strings, one per sample) as they come."""
+    async def blocks(request: GenerateRequest, jobs: list):
+        """Submit a job (appended to ``jobs``, where its ``finish_reasons`` can be read once
+        it is done); yield its blocks (lists of strings, one per sample) as they come."""
         try:
             sampling = Sampling(request.temperature, request.top_k, request.top_p,
-                                request.min_p).validate(
+                                request.min_p, request.repetition_penalty).validate(
                 model.tokenizer.vocab_size)
         except LstmgenError as e:
             raise HTTPException(422, detail=str(e)) from None
         job = Job(request.prime, request.length, sampling, request.seed, request.num_samples,
-                  asyncio.get_running_loop())
+                  asyncio.get_running_loop(), request.stops)
+        jobs.append(job)
         try:
             scheduler.submit(job)
         except OverflowError as e:
@@ -440,13 +485,14 @@ def create_app(model, *, max_length: int = 2000, max_samples: int = 16, max_batc
     @app.post("/generate", summary="Generate text; the whole result as JSON")
     async def generate(request: GenerateRequest) -> dict:
         start = time.perf_counter()
-        samples = [""] * request.num_samples
+        samples, jobs = [""] * request.num_samples, []
         try:
-            async for block in blocks(request):
+            async for block in blocks(request, jobs):
                 samples = [text + new for text, new in zip(samples, block, strict=True)]
         except LstmgenError as e:
             raise HTTPException(422, detail=str(e)) from None
         return {**request.model_dump(), "samples": samples,
+                "finish_reasons": jobs[0].finish_reasons,
                 "elapsed_s": round(time.perf_counter() - start, 4)}
 
     @app.post("/generate/stream", summary="Generate text, streamed as server-sent events",
@@ -455,7 +501,8 @@ def create_app(model, *, max_length: int = 2000, max_samples: int = 16, max_batc
               response_class=StreamingResponse)
     async def generate_stream(request: GenerateRequest):
         start = time.perf_counter()
-        source = blocks(request)
+        jobs = []
+        source = blocks(request, jobs)
         # Submit now, so that a full queue is a 503 rather than an error event.
         first = await _first(source)
 
@@ -465,7 +512,8 @@ def create_app(model, *, max_length: int = 2000, max_samples: int = 16, max_batc
                     yield _event({"samples": first})
                     async for block in source:
                         yield _event({"samples": block})
-                yield _event({"elapsed_s": round(time.perf_counter() - start, 4)}, "done")
+                yield _event({"finish_reasons": jobs[0].finish_reasons,
+                              "elapsed_s": round(time.perf_counter() - start, 4)}, "done")
             except Exception as e:  # noqa: BLE001 - the status line has already been sent
                 yield _event({"error": str(e)}, "error")
             finally:
