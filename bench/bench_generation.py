@@ -7,6 +7,11 @@ temporary folder for each size. Targets: 1 stream >= 20k chars/s at LSTM 512, 64
 
     python bench/bench_generation.py           # LSTM 256 and 512
     python bench/bench_generation.py --quick   # shorter generations, fewer repeats
+
+The controls table times, side by side (interleaved), generation with no controls against
+the same with a stop sequence that never appears, a repetition penalty, min-p, and all of
+them: what each costs when used. Unused, each is off in the compiled program (static flags)
+and the stop filter does not run.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, load, median_time  # noqa: E402
+from _common import header, interleaved, load, median_time  # noqa: E402
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 65 chars
@@ -91,6 +96,24 @@ def main() -> None:
                 print(f"{units:5d} {streams:7d} {length:7d} {seconds:7.3f} {rate:10,.0f} "
                       f"{rate / streams:10,.0f}", flush=True)
 
+        top = max(args.units)
+        model = lstmgen.load(tmp / f"run{top}")
+        controls = {"none": {}, "stop (never met)": {"stop": ["\x00\x01", "QQQ"]},
+                    "repetition penalty 1.2": {"repetition_penalty": 1.2},
+                    "min-p 0.05": {"min_p": 0.05},
+                    "all three": {"stop": ["\x00\x01"], "repetition_penalty": 1.2,
+                                  "min_p": 0.05}}
+        for streams in args.streams:
+            fns = {name: (lambda n=streams, kw=kw: model.generate(
+                "ROMEO:", length, num_samples=n, temperature=0.8, seed=0, **kw))
+                for name, kw in controls.items()}
+            times = interleaved(fns, repeats=repeats + 2)
+            print(f"\ncontrols at H={top}, {streams} stream(s), {length} tokens each "
+                  f"(interleaved, median of {repeats + 2}):")
+            for name, seconds in times.items():
+                print(f"  {name:24s} {streams * length / seconds:10,.0f} chars/s "
+                      f"{times['none'] / seconds:6.3f}x", flush=True)
+
         print("\n`lstmgen generate RUN --length 200` (fresh process; first call warms the "
               "disk cache)")
         for units in args.units:
@@ -101,7 +124,6 @@ def main() -> None:
                   f"{statistics.median(r[1] for r in runs[1:]):.2f} s)", flush=True)
             results[(units, "first")] = statistics.median(firsts)
 
-        top = max(args.units)
         print("\nagainst the targets:")
         if (top, 1) in results:
             print(f"  1 stream at H={top}: {results[(top, 1)]:,.0f} chars/s "

@@ -118,6 +118,11 @@ def test_evaluate_and_info(trained_run, small_text):
     (["generate", "RUN", "--top-p", "1.5"], "top_p must be in (0, 1]"),
     (["generate", "RUN", "--min-p", "1.5"], "min_p must be in [0, 1]"),
     (["generate", "RUN", "--min-p", "-0.1"], "min_p must be in [0, 1]"),
+    (["generate", "RUN", "--stop", ""], "a stop sequence is empty"),
+    (["generate", "RUN", "--repetition-penalty", "0"], "repetition_penalty must be > 0"),
+    (["generate", "RUN", "--prime-file", "EMPTY"], "has no primes"),
+    (["generate", "RUN", "--prime-file", "LATIN1"], "cannot read the prime file"),
+    (["generate", "RUN", "--interactive", "--num-samples", "2"], "one conversation"),
     (["evaluate", "RUN", "/no/such/file.txt"], "no such file or folder"),
     (["train", "/no/such/file.txt", "--out", "OUT"], "no such file or folder"),
     (["train", "EMPTY", "--out", "OUT"], "empty"),
@@ -245,16 +250,75 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, small_text):
 
 def test_prime_file_and_last_checkpoint(trained_run, tmp_path):
     model, out = trained_run
-    prime_file = tmp_path / "prime.txt"
-    prime_file.write_text("ROMEO:\nWhat", encoding="utf-8")
+    prime_file = tmp_path / "primes.txt"
+    prime_file.write_text("ROMEO:\n\nWhat\n", encoding="utf-8")  # one prime per line
     from_file = run_cli("generate", out, "--prime-file", prime_file, "--length", "30",
                         "--seed", "2", "--checkpoint", "last")
     assert from_file.returncode == 0, from_file.stderr
-    expected = lstmgen.load(out, checkpoint="last").generate("ROMEO:\nWhat", 30, seed=2,
-                                                              temperature=0.8)[0]
-    assert from_file.stdout == "ROMEO:\nWhat" + expected + "\n"
+    expected = lstmgen.load(out, checkpoint="last").generate(["ROMEO:", "What"], 30, seed=2,
+                                                              temperature=0.8)
+    assert from_file.stdout == (f"=== sample 1 ===\nROMEO:{expected[0]}\n"
+                                f"=== sample 2 ===\nWhat{expected[1]}\n")
     missing = run_cli("generate", out, "--prime-file", tmp_path / "nope.txt")
     assert missing.returncode == 1 and "cannot read the prime file" in missing.stderr
+
+
+def test_several_primes_samples_and_stop_sequences(trained_run, capsys):
+    model, out = trained_run
+    code = main(["generate", str(out), "--prime", "the ", "--prime", "First", "--num-samples",
+                 "2", "--length", "80", "--seed", "4", "--stop", "\\n", "--stop", "e",
+                 "--repetition-penalty", "1.3"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    primes = ["the ", "the ", "First", "First"]
+    texts = model.generate(primes, 80, seed=4, temperature=0.8, stop=["\n", "e"],
+                           repetition_penalty=1.3)
+    assert printed == "".join(f"=== sample {i + 1} ===\n{p}{t}\n"
+                              for i, (p, t) in enumerate(zip(primes, texts)))
+    assert any(len(t) < 80 for t in texts)  # the stops did end samples
+
+
+def test_output_to_a_file_as_json_lines_or_text(trained_run, tmp_path, capsys):
+    model, out = trained_run
+    target = tmp_path / "samples.jsonl"
+    args = ["generate", str(out), "--prime", "A", "--num-samples", "3", "--length", "20",
+            "--stop", "e"]
+    assert main([*args, "--output", str(target)]) == 0
+    assert capsys.readouterr().out == ""
+    rows = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
+    assert [r["sample"] for r in rows] == [1, 2, 3] and {r["prime"] for r in rows} == {"A"}
+    seed = rows[0]["seed"]  # drawn at random, and recorded so the samples can be remade
+    assert [r["text"] for r in rows] == model.generate("A", 20, seed=seed, temperature=0.8,
+                                                       stop="e", num_samples=3)
+    assert rows[0]["settings"]["stop"] == ["e"] and rows[0]["settings"]["length"] == 20
+    assert all(r["finish_reason"] in ("stop", "length") for r in rows)
+    assert all(r["finish_reason"] == "length" or "e" not in r["text"] for r in rows)
+    text_file = tmp_path / "one.txt"
+    assert main(["generate", str(out), "--prime", "A", "--length", "20", "--seed", "9",
+                 "--output", str(text_file)]) == 0
+    expected = model.generate("A", 20, seed=9, temperature=0.8)[0]
+    assert text_file.read_text(encoding="utf-8") == f"A{expected}\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
+    code = main(["generate", str(out), "--output", str(tmp_path / "no" / "dir" / "x.txt")])
+    assert code == 1 and "cannot write" in capsys.readouterr().err
+
+
+def test_interactive_session_in_a_pipe(trained_run):
+    model, out = trained_run
+    result = run_cli("generate", out, "--interactive", "--length", "25", "--seed", "6",
+                     "--stop", "\\n\\n", input="First Citizen:\nMENENIUS:\n")
+    assert result.returncode == 0, result.stderr
+    chat = model.session(seed=6, temperature=0.8, stop="\n\n")
+    expected = ""
+    for line in ("First Citizen:", "MENENIUS:"):
+        chat.feed(line)
+        reply = "".join(chat.reply(25))
+        expected += line + reply
+        if not reply.endswith("\n"):
+            chat.feed("\n")
+            expected += "\n"
+    assert result.stdout == expected
+    assert "Traceback" not in result.stderr
 
 
 def test_resume_a_finished_run_with_more_epochs_and_fine_tune_from_it(tmp_path, small_text):

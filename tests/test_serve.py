@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 import lstmgen  # noqa: E402
 from lstmgen.checkpoint import read_state  # noqa: E402
+from lstmgen.generation import TextStream  # noqa: E402
 from lstmgen.sampling import Sampling  # noqa: E402
 from lstmgen.serve import BatchScheduler, Job, _bind, create_app, serve  # noqa: E402
 
@@ -104,8 +105,8 @@ def test_web_page(client):
     assert r.headers["content-type"].startswith("text/html")
     page = r.text
     for needle in ('<label for="prime">', 'id="temperature"', 'id="top_k"', 'id="top_p"',
-                   'id="min_p"', 'id="length"', 'id="seed"', 'id="generate"', "/generate/stream",
-                   "getReader"):
+                   'id="min_p"', 'id="repetition_penalty"', 'id="stop_at"', 'id="length"',
+                   'id="seed"', 'id="generate"', "/generate/stream", "getReader"):
         assert needle in page
 
 
@@ -123,6 +124,37 @@ def test_min_p_one_is_greedy_over_http(client, model):
     texts = {client.post("/generate", json=dict(body, seed=s)).json()["samples"][0]
              for s in range(3)}
     assert texts == {model.generate("the ", 40, temperature=0)[0]}  # only the likeliest
+
+
+def test_stop_sequences_and_repetition_penalty_over_http(client, model):
+    body = {"prime": "the ", "length": 120, "seed": 3, "num_samples": 3, "temperature": 1.0,
+            "repetition_penalty": 1.4}
+    plain = client.post("/generate", json=body).json()
+    assert plain["finish_reasons"] == ["length"] * 3
+    stop = plain["samples"][1][40:43]
+    r = client.post("/generate", json={**body, "stop": [stop, "QQ"]})
+    assert r.status_code == 200
+    expected = model.generate("the ", 120, seed=3, num_samples=3, temperature=1.0,
+                              repetition_penalty=1.4, stop=[stop, "QQ"])
+    assert r.json()["samples"] == expected
+    assert r.json()["finish_reasons"][1] == "stop" and len(expected[1]) <= 40
+    events = sse(client.post("/generate/stream", json={**body, "stop": stop}).text)
+    streamed = ["".join(column) for column in zip(*(d["samples"] for n, d in events
+                                                    if n == "message"))]
+    assert streamed == model.generate("the ", 120, seed=3, num_samples=3, temperature=1.0,
+                                      repetition_penalty=1.4, stop=stop)
+    assert events[-1][0] == "done" and events[-1][1]["finish_reasons"][1] == "stop"
+
+
+def test_different_primes_with_equal_settings_share_a_batch():
+    model = FakeModel()
+    scheduler = BatchScheduler(model, max_batch=8)
+    texts, _ = run_jobs(scheduler, [spec("a", stops=("x",)), spec("b", stops=("x",)),
+                                    spec("c", stops=("y",))])
+    scheduler.close()
+    batches = {tuple(b[0]): b[2]["stop"] for b in model.generator.batches if b[1]}
+    assert batches == {("a", "b"): ["x"], ("c",): ["y"]}
+    assert texts[0] == "a0a1a2" and texts[1] == "b0b1b2"
 
 
 def test_generate_defaults(client):
@@ -181,6 +213,11 @@ def test_stream(client):
         ({"top_p": 0}, "top_p"),
         ({"top_p": 1.01}, "top_p"),
         ({"min_p": -0.01}, "min_p"),
+        ({"stop": ""}, "stop"),
+        ({"stop": ["a", ""]}, "stop"),
+        ({"stop": ["a"] * 17}, "stop"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"repetition_penalty": -1}, "repetition_penalty"),
         ({"min_p": 1.5}, "min_p"),
         ({"top_k": -3}, "top_k"),
         ({"num_samples": 0}, "num_samples"),
@@ -307,12 +344,19 @@ def test_client_disconnecting_mid_stream_cancels_its_work(model):
     blocks, closed, stream = [0], threading.Event(), model.generator.stream
 
     def counted(*args, **kwargs):
-        try:
-            for block in stream(*args, **kwargs):
-                blocks[0] += 1
-                yield block
-        finally:
-            closed.set()
+        text = stream(*args, **kwargs)
+        inner = text._blocks
+
+        def counting():
+            try:
+                for block in inner:
+                    blocks[0] += 1
+                    yield block
+            finally:
+                closed.set()
+
+        text._blocks = counting()
+        return text
 
     sock = _bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -388,6 +432,11 @@ class FakeGenerator:
 
     def stream(self, primes, length, **sampling):
         self.batches.append((list(primes), length, sampling))
+        text = TextStream(0, len(primes))
+        text._blocks = self._blocks(primes, length)
+        return text
+
+    def _blocks(self, primes, length):
         try:
             for i in range(length):
                 time.sleep(self.delay)
@@ -431,9 +480,9 @@ def run_jobs(scheduler, specs, cancel_after=None):
     return texts, finished
 
 
-def spec(prime="x", length=3, sampling=None, seed=None, num_samples=1):
+def spec(prime="x", length=3, sampling=None, seed=None, num_samples=1, stops=()):
     return dict(prime=prime, length=length, sampling=sampling or Sampling(), seed=seed,
-                num_samples=num_samples)
+                num_samples=num_samples, stops=stops)
 
 
 def test_scheduler_batches_equal_settings_only():
