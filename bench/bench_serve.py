@@ -5,7 +5,9 @@ one thread and one keep-alive httpx client per simulated user, for a bounded tim
 of requests per level. Every response is checked (status, one sample of the asked length), a
 seeded request is repeated to check it is reproducible, and the server must still be up and
 healthy at the end. ``--compare-unbatched`` repeats the run against a server that never
-batches (``max_batch=1``), to show what batching buys.
+batches (``max_batch=1``), to show what batching buys. Each level runs against lstmgen's own
+``/generate`` and the OpenAI-compatible ``/v1/completions`` (``--endpoints``), one after the
+other on the same server.
 
     python bench/bench_serve.py                      # trains a small model first (~30 s)
     python bench/bench_serve.py runs/books --clients 1 8 --duration 5
@@ -88,10 +90,24 @@ class Server:
             self.process.wait(5)
 
 
+def request_for(endpoint: str, model_id: str, prime: str, length: int) -> tuple[str, dict]:
+    if endpoint == "openai":
+        return "/v1/completions", {"model": model_id, "prompt": prime, "max_tokens": length,
+                                   "temperature": 0.8}
+    return "/generate", {"prime": prime, "length": length, "temperature": 0.8}
+
+
+def samples_of(endpoint: str, body: dict) -> list[str]:
+    if endpoint == "openai":
+        return [choice["text"] for choice in body["choices"]]
+    return body["samples"]
+
+
 def load_level(url: str, clients: int, duration: float, max_requests: int, length: int,
-               exact_length: bool) -> dict:
-    """``clients`` threads send /generate requests for ``duration`` s (``max_requests`` at
-    most in all); returns throughput and latency figures. Any bad response is an error."""
+               exact_length: bool, endpoint: str = "native", model_id: str = "") -> dict:
+    """``clients`` threads send requests to ``endpoint`` (``native``: /generate; ``openai``:
+    /v1/completions) for ``duration`` s (``max_requests`` at most in all); returns
+    throughput and latency figures. Any bad response is an error."""
     latencies, chars, errors = [], [], []
     lock = threading.Lock()
     deadline = time.monotonic() + duration
@@ -105,13 +121,13 @@ def load_level(url: str, clients: int, duration: float, max_requests: int, lengt
                     if budget[0] <= 0:
                         return
                     budget[0] -= 1
-                body = {"prime": PRIMES[(i + n) % len(PRIMES)], "length": length,
-                        "temperature": 0.8}
+                path, body = request_for(endpoint, model_id, PRIMES[(i + n) % len(PRIMES)],
+                                         length)
                 start = time.perf_counter()
                 try:
-                    r = http.post("/generate", json=body)
+                    r = http.post(path, json=body)
                     elapsed = time.perf_counter() - start
-                    samples = r.json()["samples"] if r.status_code == 200 else None
+                    samples = samples_of(endpoint, r.json()) if r.status_code == 200 else None
                     ok = samples is not None and len(samples) == 1 and (
                         len(samples[0]) == length if exact_length else len(samples[0]) > 0)
                 except (httpx.HTTPError, ValueError, KeyError) as e:
@@ -138,7 +154,8 @@ def load_level(url: str, clients: int, duration: float, max_requests: int, lengt
     def pct(q):
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0
 
-    return {"clients": clients, "requests": len(latencies), "errors": len(errors),
+    return {"endpoint": endpoint, "clients": clients, "requests": len(latencies),
+            "errors": len(errors),
             "first_errors": errors[:3], "wall_s": wall,
             "requests_per_s": len(latencies) / wall, "chars_per_s": sum(chars) / wall,
             "p50_ms": 1000 * pct(0.50), "p99_ms": 1000 * pct(0.99),
@@ -154,15 +171,17 @@ def bench_server(run: Path, args, batched: bool) -> list[dict]:
               f"{time.perf_counter() - t:.1f} s at {server.url}", file=sys.stderr)
         info = httpx.get(server.url + "/info", timeout=10).json()
         exact = info["tokenizer"] == "char"
+        model_id = httpx.get(server.url + "/v1/models", timeout=10).json()["data"][0]["id"]
         results = []
         for clients in args.clients:
             # Warm-up (not counted): compiles the batch shapes this level will use.
             load_level(server.url, clients, args.warmup, 4 * clients, args.length, exact)
-            result = load_level(server.url, clients, args.duration, args.max_requests,
-                                args.length, exact)
-            result["batched"] = batched
-            results.append(result)
-            print(json.dumps(result), file=sys.stderr)
+            for endpoint in args.endpoints:
+                result = load_level(server.url, clients, args.duration, args.max_requests,
+                                    args.length, exact, endpoint, model_id)
+                result["batched"] = batched
+                results.append(result)
+                print(json.dumps(result), file=sys.stderr)
         seeded = {"prime": "The ", "length": 100, "seed": 5}
         a = httpx.post(server.url + "/generate", json=seeded, timeout=60).json()["samples"]
         b = httpx.post(server.url + "/generate", json=seeded, timeout=60).json()["samples"]
@@ -183,6 +202,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per level")
     parser.add_argument("--max-requests", type=int, default=5000, help="cap per level")
     parser.add_argument("--length", type=int, default=200, help="tokens per request")
+    parser.add_argument("--endpoints", nargs="+", choices=("native", "openai"),
+                        default=["native", "openai"], help="endpoints to load (both)")
     parser.add_argument("--compare-unbatched", action="store_true",
                         help="also run against a server with max_batch=1")
     args = parser.parse_args()
@@ -201,11 +222,14 @@ def main() -> None:
 
     print(f"\n{args.length} tokens per request, temperature 0.8, no seed; "
           f"{args.duration:.0f} s per level after {args.warmup:.0f} s of warm-up\n")
-    print("| server | clients | requests | req/s | chars/s | p50 ms | p99 ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| server | endpoint | clients | requests | req/s | chars/s | p50 ms | p99 ms | "
+          "errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         server = "batched (default)" if r["batched"] else "max_batch=1"
-        print(f"| {server} | {r['clients']} | {r['requests']} | {r['requests_per_s']:.1f} | "
+        endpoint = "/v1/completions" if r["endpoint"] == "openai" else "/generate"
+        print(f"| {server} | {endpoint} | {r['clients']} | {r['requests']} | "
+              f"{r['requests_per_s']:.1f} | "
               f"{r['chars_per_s']:,.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
               f"{r['errors']} |")
     if any(r["errors"] for r in results):

@@ -34,7 +34,8 @@ EXAMPLES = {
   lstmgen demo --max-time 60 --out runs/quick""",
     "serve": """examples:
   lstmgen serve runs/books                 # http://127.0.0.1:8000
-  lstmgen serve runs/books --host 0.0.0.0 --port 9000""",
+  lstmgen serve runs/books --host 0.0.0.0 --port 9000 --api-key "$KEY"
+  # OpenAI-compatible: openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x")""",
 }
 
 MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "recurrent_dropout", "cell",
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-length", type=_positive_int, default=2000,
                    help="longest generation a request may ask for")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                   "(default: $LSTMGEN_API_KEY, else none)")
     return parser
 
 
@@ -494,7 +498,8 @@ def cmd_demo(args) -> None:
 def cmd_serve(args) -> None:
     from lstmgen.serve import serve
 
-    serve(args.run, host=args.host, port=args.port, max_length=args.max_length)
+    serve(args.run, host=args.host, port=args.port, max_length=args.max_length,
+          api_key=args.api_key)
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate,

@@ -10,6 +10,10 @@
                             -> {"samples": [...], "finish_reasons": [...], ...}
     POST /generate/stream   the same request; text arrives as server-sent events
     GET  /docs, /openapi.json   FastAPI's generated documentation
+    POST /v1/completions, GET /v1/models   OpenAI-compatible (:mod:`lstmgen.openai_api`)
+
+With an API key (``--api-key`` or ``LSTMGEN_API_KEY``), every endpoint but ``/health``
+requires ``Authorization: Bearer KEY``.
 
 The model is loaded once. One worker thread runs all generation, so the event loop never
 waits on the model. Requests queued at the same moment with the same sampling settings, length
@@ -23,7 +27,9 @@ request with a seed runs in a batch of its own, so its text is exactly what
 
 import asyncio
 import collections
+import hmac
 import json
+import os
 import socket
 import threading
 import time
@@ -263,6 +269,35 @@ class BatchScheduler:
         self._active = []
 
 
+class Busy(Exception):
+    """The queue is full, or the server is shutting down: HTTP 503."""
+
+
+def submit(scheduler: BatchScheduler, job: Job) -> None:
+    """Queue ``job``; raises :class:`Busy` (a 503) when it cannot be taken."""
+    try:
+        scheduler.submit(job)
+    except OverflowError as e:
+        raise Busy(f"server busy: {e}; retry later") from None
+    except LstmgenError as e:
+        raise Busy(str(e)) from None
+
+
+async def job_blocks(job: Job):
+    """Yield a submitted job's blocks (lists of strings, one per sample) as they come; the
+    error that stopped it is raised. Leaving early cancels the job."""
+    try:
+        while True:
+            item = await job.queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        job.cancelled = True
+
+
 def batch_size(streams: int, max_batch: int) -> int:
     """The padded size of an unseeded batch: the next power of two, at most ``max_batch``."""
     return max(streams, min(1 << (streams - 1).bit_length(), max_batch))
@@ -372,6 +407,31 @@ class _Utf8Body:
         return await self.app(scope, replay, send)
 
 
+class _BearerKey:
+    """ASGI middleware: every request but ``/health`` must carry ``Authorization: Bearer
+    KEY`` (compared in constant time), else a 401 (in OpenAI's shape under ``/v1``)."""
+
+    def __init__(self, app, key: str):
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] == "/health":
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or ()).get(b"authorization", b"")
+        if hmac.compare_digest(given, self.expected):
+            return await self.app(scope, receive, send)
+        from fastapi.responses import JSONResponse
+
+        message = "a valid API key is needed: send the header 'Authorization: Bearer KEY'"
+        body = ({"error": {"message": message, "type": "invalid_request_error",
+                           "param": None, "code": "invalid_api_key"}}
+                if scope["path"].startswith("/v1/") else {"error": message})
+        response = JSONResponse(status_code=401, content=body,
+                                headers={"WWW-Authenticate": "Bearer"})
+        return await response(scope, receive, send)
+
+
 def _summary(errors) -> str:
     """One line from pydantic's errors, e.g. ``length: Input should be less than or equal to
     2000, got 5000``."""
@@ -390,7 +450,8 @@ def _summary(errors) -> str:
 
 
 def create_app(model, *, max_length: int = 2000, max_samples: int = 16, max_batch: int = 32,
-               max_prime_chars: int = 20_000, checkpoint: str = "best", warmup: bool = True):
+               max_prime_chars: int = 20_000, checkpoint: str = "best", warmup: bool = True,
+               api_key: str | None = None):
     """A FastAPI application serving ``model`` (a :class:`TrainedModel` or a run folder).
 
     ``max_length`` caps the tokens a request may ask for; ``max_batch`` the streams batched
@@ -398,6 +459,7 @@ def create_app(model, *, max_length: int = 2000, max_samples: int = 16, max_batc
     app is returned, then for the other batch sizes in the worker whenever it is idle
     (``/health`` reports ``"warm": true`` once done). While the app runs, generate with
     ``model`` only through it: Keras cannot trace one model in two threads at once.
+    ``api_key``: when given, every endpoint but ``/health`` requires it as a bearer token.
 
     Example:
         >>> app = create_app("runs/books", max_length=1000)           # doctest: +SKIP
@@ -432,11 +494,21 @@ def create_app(model, *, max_length: int = 2000, max_samples: int = 16, max_batc
     app = FastAPI(title="lstmgen", version=info["lstmgen_version"] or "", lifespan=lifespan,
                   description="Generate text with a trained lstmgen LSTM language model.")
     app.add_middleware(_Utf8Body)
+    if api_key:
+        app.add_middleware(_BearerKey, key=api_key)
     app.state.scheduler = scheduler
     app.state.model = model
+    from lstmgen import openai_api
+
+    openai_api.add_routes(app, model, scheduler, max_length=max_length,
+                          max_samples=max_samples, max_prime_chars=max_prime_chars,
+                          model_id=model.run.path.resolve().name,
+                          created=int((model.run.path / "config.json").stat().st_mtime))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
+        if request.url.path.startswith("/v1/"):
+            return openai_api.error_from_validation(exc.errors()).response()
         return _invalid(exc.errors())
 
     async def blocks(request: GenerateRequest, jobs: list):
@@ -452,21 +524,11 @@ def create_app(model, *, max_length: int = 2000, max_samples: int = 16, max_batc
                   asyncio.get_running_loop(), request.stops)
         jobs.append(job)
         try:
-            scheduler.submit(job)
-        except OverflowError as e:
-            raise HTTPException(503, detail=f"server busy: {e}; retry later") from None
-        except LstmgenError as e:
+            submit(scheduler, job)
+        except Busy as e:
             raise HTTPException(503, detail=str(e)) from None
-        try:
-            while True:
-                item = await job.queue.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            job.cancelled = True
+        async for block in job_blocks(job):
+            yield block
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
@@ -558,6 +620,8 @@ def serve(run, host: str = "127.0.0.1", port: int = 8000, max_length: int = 2000
         raise LstmgenError(f"serving needs fastapi and uvicorn ({e})",
                            hint="pip install 'lstmgen[serve]'") from None
     model = load(run, options.pop("checkpoint", "best"))
+    if options.get("api_key") is None:
+        options["api_key"] = os.environ.get("LSTMGEN_API_KEY") or None
     sock = _bind(host, port)
     app = create_app(model, max_length=max_length, **options)
     shown = f"[{host}]" if ":" in host else host
@@ -565,6 +629,9 @@ def serve(run, host: str = "127.0.0.1", port: int = 8000, max_length: int = 2000
           flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"lstmgen: listening on {host}: other machines can reach this server", flush=True)
+    if options.get("api_key"):
+        print("lstmgen: an API key is required (Authorization: Bearer KEY), except at /health",
+              flush=True)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
 
