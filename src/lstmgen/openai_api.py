@@ -25,8 +25,7 @@ import uuid
 
 from lstmgen.errors import LstmgenError
 from lstmgen.sampling import Sampling
-
-MAX_STOP = 16
+from lstmgen.stopping import check_request_stop, stop_list
 
 
 class OpenAIError(Exception):
@@ -100,15 +99,7 @@ def _request_model(max_length: int, max_samples: int, max_prime_chars: int):
                 raise ValueError(f"a prompt is over {max_prime_chars} characters")
             return prompt
 
-        @field_validator("stop")
-        @classmethod
-        def _stops(cls, stop):
-            stops = [stop] if isinstance(stop, str) else stop or []
-            if len(stops) > MAX_STOP:
-                raise ValueError(f"at most {MAX_STOP} stop sequences")
-            if any(not s for s in stops):
-                raise ValueError("a stop sequence is empty")
-            return stop
+        _stops = field_validator("stop")(lambda cls, stop: check_request_stop(stop))
 
         @property
         def prompts(self) -> list[str]:
@@ -116,7 +107,7 @@ def _request_model(max_length: int, max_samples: int, max_prime_chars: int):
 
         @property
         def stops(self) -> tuple[str, ...]:
-            return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+            return stop_list(self.stop)
 
         def refuse_unsupported(self) -> None:
             unsupported = [

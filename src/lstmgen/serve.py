@@ -40,9 +40,9 @@ from importlib import resources
 from lstmgen.errors import LstmgenError
 from lstmgen.run import TrainedModel, load
 from lstmgen.sampling import Sampling
+from lstmgen.stopping import check_request_stop, stop_list
 
 MAX_SEED = 2**32 - 1
-MAX_STOPS, MAX_STOP_CHARS = 16, 500
 STREAM_BLOCK = 64  # tokens per step of a batch: text arrives in small pieces, batches alternate
 _DONE = object()
 
@@ -334,21 +334,11 @@ def _request_model(max_length: int, max_samples: int, max_prime_chars: int):
         num_samples: int = Field(1, ge=1, le=max_samples,
                                  description="continuations generated together")
 
-        @field_validator("stop")
-        @classmethod
-        def _stops(cls, stop):
-            stops = [stop] if isinstance(stop, str) else stop or []
-            if len(stops) > MAX_STOPS:
-                raise ValueError(f"at most {MAX_STOPS} stop sequences")
-            if any(not s for s in stops):
-                raise ValueError("a stop sequence is empty")
-            if any(len(s) > MAX_STOP_CHARS for s in stops):
-                raise ValueError(f"a stop sequence is over {MAX_STOP_CHARS} characters")
-            return stop
+        _stops = field_validator("stop")(lambda cls, stop: check_request_stop(stop))
 
         @property
         def stops(self) -> tuple[str, ...]:
-            return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+            return stop_list(self.stop)
 
     return GenerateRequest
 

@@ -33,6 +33,22 @@ def stop_list(stop: str | Iterable[str] | None) -> tuple[str, ...]:
     return stops
 
 
+MAX_STOPS, MAX_STOP_CHARS = 16, 500  # per HTTP request
+
+
+def check_request_stop(stop):
+    """Check a request's ``stop`` field (a string, a list, or ``None``); raises
+    ``ValueError``, which pydantic reports as a 422 / 400 naming the field."""
+    stops = [stop] if isinstance(stop, str) else stop or []
+    if len(stops) > MAX_STOPS:
+        raise ValueError(f"at most {MAX_STOPS} stop sequences")
+    if any(not s for s in stops):
+        raise ValueError("a stop sequence is empty")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise ValueError(f"a stop sequence is over {MAX_STOP_CHARS} characters")
+    return stop
+
+
 def unescape(text: str) -> str:
     r"""The stop sequence a shell user means: ``\n``, ``\t``, ``\\`` and the other Python
     escapes interpreted, all else (including non-ASCII text) kept.
