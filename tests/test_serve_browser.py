@@ -136,6 +136,24 @@ def test_type_a_prompt_and_watch_text_stream_in(server, browser, tmp_path):
              == text and status(d).startswith("Done"), "Ctrl+Enter did not regenerate")
 
 
+def test_stop_sequence_and_repetition_penalty_from_the_page(server, browser):
+    browser.get(server + "/")
+    wait_for(browser, lambda d: "parameters" in d.find_element(By.ID, "summary").text,
+             "the model's description never loaded")
+    browser.find_element(By.ID, "prime").send_keys("to be or")
+    browser.find_element(By.ID, "seed").send_keys("11")
+    browser.find_element(By.ID, "stop_at").send_keys("e")
+    penalty = browser.find_element(By.ID, "repetition_penalty")
+    browser.execute_script("arguments[0].value = '1.5'; "
+                           "arguments[0].dispatchEvent(new Event('input'))", penalty)
+    assert browser.find_element(By.ID, "repetition_penalty-value").text == "1.50"
+    browser.find_element(By.ID, "generate").click()
+    wait_for(browser, lambda d: status(d).startswith(("Done", "Error")), "generation never ended")
+    assert "ended at the stop sequence" in status(browser), status(browser)
+    text = browser.find_element(By.ID, "out-text").get_attribute("textContent")
+    assert "e" not in text and len(text) < 400
+
+
 def test_a_refused_request_shows_the_servers_message(server, browser):
     browser.get(server + "/")
     wait_for(browser, lambda d: "parameters" in d.find_element(By.ID, "summary").text,
