@@ -18,7 +18,7 @@ import lstmgen  # noqa: E402
 from lstmgen.checkpoint import read_state  # noqa: E402
 from lstmgen.generation import TextStream  # noqa: E402
 from lstmgen.sampling import Sampling  # noqa: E402
-from lstmgen.serve import BatchScheduler, Job, _bind, create_app, serve  # noqa: E402
+from lstmgen.serve import _DONE, BatchScheduler, Job, _bind, create_app, serve  # noqa: E402
 
 MAX_LENGTH = 300
 MAX_SAMPLES = 4
@@ -516,6 +516,39 @@ def test_short_request_is_not_stuck_behind_a_long_one():
     _, finished = run_jobs(scheduler, [spec("a", length=200, seed=1), spec("b", length=3)])
     scheduler.close()
     assert finished == [1, 0]
+
+
+def test_a_failing_batch_reports_its_error_and_the_worker_carries_on():
+    class Broken(FakeGenerator):
+        def stream(self, primes, length, **sampling):
+            if primes[0] == "bad":  # an iterator without finish reasons: fails after a block
+                return iter([["b0"] * len(primes)])
+            return super().stream(primes, length, **sampling)
+
+    model = FakeModel()
+    model.generator = Broken()
+    scheduler = BatchScheduler(model)
+    errors = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        bad = Job("bad", 3, Sampling(), 1, 1, loop)
+        scheduler.submit(bad)
+        while True:
+            item = await asyncio.wait_for(bad.queue.get(), 30)
+            if isinstance(item, BaseException):
+                errors.append(item)
+                break
+        good = Job("good", 3, Sampling(), 1, 1, loop)
+        scheduler.submit(good)
+        parts = []
+        while (item := await asyncio.wait_for(good.queue.get(), 30)) is not _DONE:
+            parts.append(item[0])
+        return "".join(parts)
+
+    assert asyncio.run(main()) == "g0g1g2"
+    assert scheduler.alive and isinstance(errors[0], AttributeError)
+    scheduler.close()
 
 
 def test_cancelled_request_stops_its_batch():

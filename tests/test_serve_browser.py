@@ -52,9 +52,16 @@ def server(tmp_path_factory):
     stream = generator.stream
 
     def paced(*args, **kwargs):
-        for block in stream(*args, **kwargs):
-            time.sleep(0.05)
-            yield block
+        text = stream(*args, **kwargs)
+        blocks = text._blocks
+
+        def slowly():
+            for block in blocks:
+                time.sleep(0.05)
+                yield block
+
+        text._blocks = slowly()
+        return text
 
     generator.stream = paced
     sock = _bind("127.0.0.1", 0)

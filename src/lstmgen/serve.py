@@ -100,10 +100,17 @@ class _Batch:
             self._error = e
 
     def step(self) -> bool:
-        """Generate the next block and hand it out; False once the batch is finished."""
-        if self._error is not None:
-            self._finish(self._error)
+        """Generate the next block and hand it out; False once the batch is finished. Any
+        error goes to the batch's requests; the worker carries on."""
+        try:
+            return self._step()
+        except Exception as e:  # noqa: BLE001 - reported to the waiting requests
+            self._finish(e)
             return False
+
+    def _step(self) -> bool:
+        if self._error is not None:
+            raise self._error
         if all(job.cancelled for job in self.jobs):
             self._blocks.close()
             return False
@@ -111,9 +118,6 @@ class _Batch:
             block = next(self._blocks)
         except StopIteration:
             self._done()
-            return False
-        except Exception as e:  # noqa: BLE001 - reported to the waiting requests
-            self._finish(e)
             return False
         for job, part in zip(self.jobs, self.slices, strict=True):
             if not job.cancelled:
