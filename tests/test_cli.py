@@ -299,7 +299,7 @@ def test_output_to_a_file_as_json_lines_or_text(trained_run, tmp_path, capsys):
     expected = model.generate("A", 20, seed=9, temperature=0.8)[0]
     assert text_file.read_text(encoding="utf-8") == f"A{expected}\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
-    code = main(["generate", str(out), "--output", str(tmp_path / "no" / "dir" / "x.txt")])
+    code = main(["generate", str(out), "--output", str(target / "x.txt")])  # under a file
     assert code == 1 and "cannot write" in capsys.readouterr().err
 
 
