@@ -327,14 +327,13 @@ def cmd_generate(args) -> None:
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                     stop=stops)
-    if args.interactive:
-        if args.output or args.num_samples != 1 or len(primes) > 1:
-            raise lstmgen.LstmgenError(
-                "--interactive holds one conversation",
-                hint="drop --output, --num-samples and extra primes, or --interactive")
-        model = lstmgen.load(args.run, checkpoint=args.checkpoint)
-        return _interactive(model.session(**settings, seed=args.seed), primes[0], args.length)
+    if args.interactive and (args.output or args.num_samples != 1 or len(primes) > 1):
+        raise lstmgen.LstmgenError(
+            "--interactive holds one conversation",
+            hint="drop --output, --num-samples and extra primes, or --interactive")
     model = lstmgen.load(args.run, checkpoint=args.checkpoint)
+    if args.interactive:
+        return _interactive(model.session(**settings, seed=args.seed), primes[0], args.length)
     batch = [p for p in primes for _ in range(args.num_samples)]
     stream = model.stream(batch if len(batch) > 1 else batch[0], args.length, **settings,
                           seed=args.seed)

@@ -46,6 +46,17 @@ def prng_key(seed: int) -> np.ndarray:
     return np.array([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
 
 
+def draw_seed(seed: int | None) -> int:
+    """``seed``, or a random one when it is ``None`` (recorded, so the text can be remade)."""
+    return int.from_bytes(os.urandom(4), "little") if seed is None else seed
+
+
+def check_block(block) -> int:
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise LstmgenError(f"block must be a positive integer, got {block!r}")
+    return block
+
+
 def model_weights(lm) -> dict:
     """The current weights of a :class:`~lstmgen.model.LanguageModel` as host arrays:
     ``{"embedding", "layers": [{"kernel", "recurrent", "bias"}], "head": [arrays]}``, the
@@ -280,8 +291,18 @@ class Generator:
             ids = np.zeros(1, np.int32)
         return np.asarray(ids, np.int32)
 
-    def prime_states(self, primes: list[np.ndarray], weights: dict | None = None):
-        """Run each prime through the model; returns the states and last-position logits."""
+    def zero_states(self, batch: int):
+        """The starting point of every stream: zero states, and zero logits before any
+        token."""
+        c = self.config
+        states = [np.zeros((batch, c.units), np.float32)
+                  for _ in range(c.layers * c.states_per_layer)]
+        return states, np.zeros((batch, self.tokenizer.vocab_size), np.float32)
+
+    def prime_states(self, primes: list[np.ndarray], weights: dict | None = None,
+                     start=None):
+        """Run each prime's tokens through the model from ``start`` (``(states, logits)``;
+        default zeros); returns the states and the last position's logits."""
         weights = weights or self._weights()
         batch = len(primes)
         longest = max(len(p) for p in primes)
@@ -291,10 +312,7 @@ class Generator:
         for i, p in enumerate(primes):
             tokens[i, : len(p)] = p
             mask[i, : len(p)] = True
-        c = self.config
-        states = [np.zeros((batch, c.units), np.float32)
-                  for _ in range(c.layers * c.states_per_layer)]
-        logits = np.zeros((batch, self.tokenizer.vocab_size), np.float32)
+        states, logits = start if start is not None else self.zero_states(batch)
         return self._consume(weights, states, logits, tokens, mask)
 
     def seen_tokens(self, primes: list[np.ndarray]) -> np.ndarray:
@@ -359,11 +377,8 @@ class Generator:
             primes = list(prime)
             if not primes:
                 raise LstmgenError("give at least one prime")
-        block = self.block if block is None else block
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-            raise LstmgenError(f"block must be a positive integer, got {block!r}")
-        if seed is None:
-            seed = int.from_bytes(os.urandom(4), "little")
+        block = check_block(self.block if block is None else block)
+        seed = draw_seed(seed)
         key = prng_key(seed)
         encoded = [self.encode_prime(p) for p in primes]
         text = TextStream(seed, len(primes))
@@ -389,13 +404,12 @@ class Generator:
                                         sampling, block)
             rows = np.asarray(tokens)[:, :take]
             pieces = ["".join(d.feed(int(t)) for t in row) for d, row in zip(decoders, rows)]
-            if stops:
-                pieces = [f.feed(piece) for f, piece in zip(filters, pieces)]
-                for i, f in enumerate(filters):
-                    if f.stopped:
-                        reasons[i] = "stop"
+            pieces = [f.feed(piece) for f, piece in zip(filters, pieces)]  # no stops: as is
+            for i, f in enumerate(filters):
+                if f.stopped:
+                    reasons[i] = "stop"
             yield pieces
-            if stops and all(f.stopped for f in filters):
+            if all(f.stopped for f in filters):
                 return
         tails = [f.feed(d.flush()) + f.flush() for d, f in zip(decoders, filters)]
         for i, f in enumerate(filters):

@@ -161,9 +161,7 @@ def add_routes(app, model, scheduler, *, max_length: int, max_samples: int,
             raise _unknown_model(request.model)
         request.refuse_unsupported()
         try:
-            sampling = Sampling(request.temperature, request.top_k, request.top_p,
-                                request.min_p, request.repetition_penalty).validate(
-                tokenizer.vocab_size)
+            sampling = Sampling.from_fields(request, tokenizer.vocab_size)
         except LstmgenError as e:
             raise OpenAIError(400, str(e)) from None
         loop = asyncio.get_running_loop()

@@ -6,7 +6,7 @@ Written in ``jax.numpy`` so it traces into the compiled generation loop.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from lstmgen.errors import LstmgenError
 
@@ -69,6 +69,12 @@ class Sampling:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_fields(cls, obj, vocab_size: int | None = None) -> Sampling:
+        """The settings ``obj`` (e.g. an HTTP request) holds under this class's field names,
+        validated."""
+        return cls(**{f.name: getattr(obj, f.name) for f in fields(cls)}).validate(vocab_size)
 
 
 def filter_logits(logits, temperature, top_k: int, top_p, min_p=None):

@@ -509,9 +509,7 @@ def create_app(model, *, max_length: int = 2000, max_samples: int = 16, max_batc
         """Submit a job (appended to ``jobs``, where its ``finish_reasons`` can be read once
         it is done); yield its blocks (lists of strings, one per sample) as they come."""
         try:
-            sampling = Sampling(request.temperature, request.top_k, request.top_p,
-                                request.min_p, request.repetition_penalty).validate(
-                model.tokenizer.vocab_size)
+            sampling = Sampling.from_fields(request, model.tokenizer.vocab_size)
         except LstmgenError as e:
             raise HTTPException(422, detail=str(e)) from None
         job = Job(request.prime, request.length, sampling, request.seed, request.num_samples,

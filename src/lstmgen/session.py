@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from lstmgen.errors import LstmgenError
-from lstmgen.generation import START_TEXT, Generator, prng_key
+from lstmgen.generation import START_TEXT, Generator, check_block, draw_seed, prng_key
 from lstmgen.sampling import Sampling
 from lstmgen.stopping import StopFilter, stop_list
 
@@ -32,23 +32,16 @@ class Session:
                  top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
                  stop: str | list[str] | None = None, seed: int | None = None,
                  block: int | None = None):
-        import os
-
         self.generator = generator
         self.sampling = Sampling(temperature, top_k, top_p, min_p,
                                  repetition_penalty).validate(generator.tokenizer.vocab_size)
         self.stops = stop_list(stop)
-        self.seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
+        self.seed = draw_seed(seed)
         self._key = prng_key(self.seed)
-        self.block = generator.block if block is None else block
-        if isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1:
-            raise LstmgenError(f"block must be a positive integer, got {self.block!r}")
+        self.block = check_block(generator.block if block is None else block)
         self._weights = generator._weights()
-        c = generator.config
-        self._states = [np.zeros((1, c.units), np.float32)
-                        for _ in range(c.layers * c.states_per_layer)]
-        self._logits = np.zeros((1, generator.tokenizer.vocab_size), np.float32)
-        self._seen = (np.zeros((1, generator.tokenizer.vocab_size), bool)
+        self._states, self._logits = generator.zero_states(1)
+        self._seen = (generator.seen_tokens([np.zeros(0, np.int32)])
                       if self.sampling.penalizes else None)
         self._offset = 0  # tokens sampled so far: each draws its own noise
         self._started = False
@@ -123,13 +116,8 @@ class Session:
         if not len(ids):
             return
         self._started = True
-        g = self.generator
-        padded = 1 << max(4, (len(ids) - 1).bit_length())
-        tokens = np.zeros((1, padded), np.int32)
-        mask = np.zeros((1, padded), bool)
-        tokens[0, : len(ids)], mask[0, : len(ids)] = ids, True
-        self._states, self._logits = g._consume(self._weights, self._states, self._logits,
-                                                tokens, mask)
+        self._states, self._logits = self.generator.prime_states(
+            [ids], self._weights, (self._states, self._logits))
         if self._seen is not None:
             self._seen = np.array(self._seen)
             self._seen[0, ids] = True
