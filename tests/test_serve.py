@@ -263,8 +263,14 @@ def test_concurrent_requests_share_batches_with_the_real_model(client, model):
     scheduler = client.app.state.scheduler
     assert wait_for(lambda: client.get("/health").json()["warm"])  # no warm-up in between
     before = client.get("/health").json()
-    gate, group = threading.Event(), scheduler._group
-    scheduler._group = lambda jobs: (gate.wait(30), group(jobs))[1]
+    gate, taken, group = threading.Event(), threading.Event(), scheduler._group
+
+    def held_group(jobs):  # the worker holds here, busy with the jobs it took
+        taken.set()
+        gate.wait(30)
+        return group(jobs)
+
+    scheduler._group = held_group
     results, errors = {}, []
 
     def ask(i):
@@ -275,9 +281,11 @@ def test_concurrent_requests_share_batches_with_the_real_model(client, model):
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
     try:
-        for t in threads:
+        threads[0].start()  # the first request alone, so the worker takes exactly one
+        assert taken.wait(30) and not scheduler._pending
+        for t in threads[1:]:
             t.start()
-        assert wait_for(lambda: len(scheduler._pending) == 7)  # one taken, seven waiting
+        assert wait_for(lambda: len(scheduler._pending) == 7)  # seven waiting
     finally:
         gate.set()
         for t in threads:
