@@ -78,26 +78,16 @@ def unigram_entropy(train: str, val: str) -> float:
                 for c, n in collections.Counter(val).items()) / len(val)
 
 
-def variant_settings(name: str) -> dict:
-    """``none``: no carried state; ``R``: a reset share; ``RwW``: the share R with the loss of
-    the first tokens after a reset weighted W (``--fresh-weight``)."""
+def variant_settings(name: str, default_reset: float) -> dict:
     if name == "none":
         return {"carry_state": False}
-    share, _, weight = name.partition("w")
-    return {"carry_state": True, "state_reset": float(share),
-            "fresh_weight": float(weight or 1.0)}
+    return {"carry_state": True, "state_reset": float(name)}
 
 
-def label(name: str, defaults) -> str:
+def label(name: str, default_reset: float) -> str:
     if name == "none":
         return "no carry"
-    settings = variant_settings(name)
-    text = f"reset {settings['state_reset']:g}"
-    if settings["fresh_weight"] != 1.0:
-        text += f" weight {settings['fresh_weight']:g}"
-    is_default = (settings["state_reset"], settings["fresh_weight"]) == (
-        defaults.state_reset, defaults.fresh_weight)
-    return text + (" (default)" if is_default else "")
+    return f"reset {float(name):g}" + (" (default)" if float(name) == default_reset else "")
 
 
 def main() -> None:
@@ -106,8 +96,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="60 s per run")
     parser.add_argument("--corpus", choices=(*CORPORA, "both"), default="both")
     parser.add_argument("--variants", nargs="+", default=None,
-                        help="state-reset shares R, RwW (share R, fresh-weight W), or 'none' "
-                        "for --no-carry-state (default: 0, the CLI's default, none)")
+                        help="state-reset shares, or 'none' for --no-carry-state "
+                        "(default: 0, the CLI's default, none)")
     parser.add_argument("--probe-seconds", type=float, default=45.0)
     parser.add_argument("--evals", type=int, default=6, help="evaluations over the budget")
     parser.add_argument("--hugepages", action=argparse.BooleanOptionalAction, default=True)
@@ -116,10 +106,8 @@ def main() -> None:
     budget = 60.0 if args.quick else args.budget
     import lstmgen
 
-    defaults = lstmgen.TrainConfig()
-    default = f"{defaults.state_reset:g}" + (
-        f"w{defaults.fresh_weight:g}" if defaults.fresh_weight != 1.0 else "")
-    variants = args.variants or ["0", default, "none"]
+    default_reset = lstmgen.TrainConfig().state_reset
+    variants = args.variants or ["0", str(default_reset), "none"]
     corpora = list(CORPORA) if args.corpus == "both" else [args.corpus]
     header(f"bench_fresh_start: carried vs fresh-start validation loss, {budget:.0f} s per run")
     results = []
@@ -133,6 +121,7 @@ def main() -> None:
             frequent = "".join(c for c, _ in collections.Counter(train_text).most_common(20))
             del train_text, val_text
             model = lstmgen.ModelConfig()
+            defaults = lstmgen.TrainConfig()
             config = dict(batch_size=defaults.batch_size, seq_len=defaults.seq_len,
                           max_time=budget, epochs=10_000, checkpoint_every=10**9,
                           sample_length=0, val_tokens=10**7)
@@ -145,7 +134,7 @@ def main() -> None:
                   f"unigram entropy of the validation text {unigram:.4f} nats/char; "
                   f"{rate:.2f} steps/s measured, cosine schedule of {steps} steps", flush=True)
             for name in variants:
-                settings = dict(config, **variant_settings(name))
+                settings = dict(config, **variant_settings(name, default_reset))
                 started = time.perf_counter()
                 trained = lstmgen.train(tmp / "train.txt", out=tmp / f"run-{name}",
                                         val=tmp / "val.txt", model=model, verbose=0,
@@ -161,10 +150,10 @@ def main() -> None:
                 share = sum(c in frequent for s in firsts for c in s) / max(
                     1, sum(len(s) for s in firsts))
                 sample = trained.generate("The ", 120, temperature=0.8, seed=0)[0]
-                results.append((corpus, label(name, defaults), float(best["val_loss"]),
+                results.append((corpus, label(name, default_reset), float(best["val_loss"]),
                                 float(best["val_fresh_start"]), unigram, share,
                                 int(rows[-1]["step"]), float(rows[-1]["epoch"]), wall))
-                print(f"  {label(name, defaults):18s} carried {float(best['val_loss']):.4f}"
+                print(f"  {label(name, default_reset):18s} carried {float(best['val_loss']):.4f}"
                       f"  fresh start {float(best['val_fresh_start']):.4f}  (step "
                       f"{best['step']} of {rows[-1]['step']}, epoch {float(rows[-1]['epoch']):.2f}"
                       f", {wall:.0f} s)\n      curve: "

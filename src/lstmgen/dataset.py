@@ -351,26 +351,6 @@ class WindowOrder:
         return (rng.random((self.batch_size, 1)) >= reset).astype(np.float32)
 
 
-FRESH_TOKENS = 8  # a fresh start is worse than a carried state for about this many tokens
-
-
-def fresh_token_weights(keep: np.ndarray, seq_len: int, weight: float) -> np.ndarray:
-    """Per-token loss weights of a lane batch: the first :data:`FRESH_TOKENS` targets of the
-    rows that start from zeros (``keep == 0``) weigh ``weight``, every other target 1, and the
-    batch is scaled to a mean weight of 1 (the loss keeps its scale). More gradient for the
-    tokens every generation starts with, without restarting more lanes (whose long contexts
-    the carried state is for).
-
-    Example:
-        >>> w = fresh_token_weights(np.array([[1.0], [0.0]]), seq_len=16, weight=3.0)
-        >>> w.shape, float(w.mean()), bool(w[1, 0] == 3 * w[0, 0]), bool(w[1, 8] == w[0, 0])
-        ((2, 16), 1.0, True, True)
-    """
-    weights = np.ones((keep.shape[0], seq_len), np.float32)
-    weights[keep[:, 0] == 0, :FRESH_TOKENS] = weight
-    return weights / weights.mean()
-
-
 def _keras_pydataset():
     import keras
 
@@ -407,11 +387,9 @@ class WindowDataset(_keras_pydataset()):
         shard: tuple[int, int] = (0, 1),
         lanes: bool = False,
         state_reset: float = 0.0,
-        fresh_weight: float = 1.0,
     ):
         super().__init__(workers=1, use_multiprocessing=False)
         self.state_reset = state_reset
-        self.fresh_weight = fresh_weight
         self.tokens = tokens
         self.order = WindowOrder(len(tokens), seq_len, batch_size, seed, lanes=lanes)
         self.epoch = epoch
@@ -440,8 +418,5 @@ class WindowDataset(_keras_pydataset()):
         window = np.asarray(self.tokens[offsets], dtype=np.int32)
         if self.order.lanes:
             keep = self.order.keep(self.epoch, batch, self.state_reset)[self.rows]
-            if self.fresh_weight != 1.0:
-                weights = fresh_token_weights(keep, self.order.seq_len, self.fresh_weight)
-                return (window[:, :-1], keep), window[:, 1:], weights
             return (window[:, :-1], keep), window[:, 1:]
         return window[:, :-1], window[:, 1:]

@@ -77,9 +77,6 @@ class TrainConfig:
     # With carry_state: the share of lanes that start each window from a zero state, as every
     # generation starts (see lstmgen.carried_state). Measured in bench/bench_fresh_start.py.
     state_reset: float = 0.3
-    # With carry_state: the loss weight of the first tokens after such a reset
-    # (lstmgen.dataset.fresh_token_weights); more fresh-start training without more resets.
-    fresh_weight: float = 1.0
     tensorboard: bool = False
     encoding_errors: str = "strict"
 
@@ -112,11 +109,6 @@ class TrainConfig:
         if (isinstance(self.state_reset, bool) or not isinstance(self.state_reset, (int, float))
                 or not 0.0 <= self.state_reset <= 1.0):
             raise LstmgenError(f"state-reset must be a share in [0, 1], got {self.state_reset!r}")
-        if (isinstance(self.fresh_weight, bool)
-                or not isinstance(self.fresh_weight, (int, float))
-                or not 1.0 <= self.fresh_weight <= 100.0):
-            raise LstmgenError(f"fresh-weight must be a number in [1, 100], got "
-                               f"{self.fresh_weight!r}")
         if self.sample_length < 0:
             raise LstmgenError(f"sample-length must be >= 0, got {self.sample_length}")
         return self
@@ -418,7 +410,6 @@ class Trainer:
                     seed=c.seed, epoch=s.epoch, first_batch=s.batch,
                     num_batches=self._batches_this_epoch(), shard=self.cluster.shard,
                     lanes=c.carry_state, state_reset=c.state_reset,
-                    fresh_weight=c.fresh_weight,
                 )
                 if self.verbose:
                     print(f"epoch {s.epoch + 1}/{c.epochs}", flush=True)
