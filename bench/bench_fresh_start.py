@@ -101,6 +101,10 @@ def main() -> None:
     parser.add_argument("--probe-seconds", type=float, default=45.0)
     parser.add_argument("--evals", type=int, default=6, help="evaluations over the budget")
     parser.add_argument("--hugepages", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--equal-steps", action="store_true",
+                        help="every run trains the probe's number of steps, however long it "
+                        "takes (this VM's speed drifts between runs; the variants' step cost "
+                        "is the same)")
     args = parser.parse_args()
     hugepages(args.hugepages)
     budget = 60.0 if args.quick else args.budget
@@ -128,6 +132,8 @@ def main() -> None:
             rate = steps_per_second(tmp, model, config, False,
                                     min(args.probe_seconds, budget / 3))
             steps = max(10, int(0.93 * budget * rate))
+            if args.equal_steps:
+                config.update(max_time=None, max_steps=steps)
             config.update(schedule_steps=steps, warmup_steps=min(100, steps // 20),
                           eval_every=max(5, steps // args.evals))
             print(f"\n== {corpus}: {(tmp / 'train.txt').stat().st_size:,} training bytes; "

@@ -15,6 +15,7 @@ training, evaluations excluded for both.
 
     python bench/bench_wikitext2.py                        # 600 s each, lstmgen's word defaults
     python bench/bench_wikitext2.py --system lstmgen --budget 1800
+    python bench/bench_wikitext2.py --system lstmgen --tokenizer bpe   # BPE, same budget
     python bench/bench_wikitext2.py --budget 120 --units 200 --layers 2 --softmax full
     # one core each, concurrently (as the issue measured the example):
     taskset -c 0 python bench/bench_wikitext2.py --system lstmgen &
@@ -57,7 +58,7 @@ def _rate(metrics_path: Path, column: str) -> float:
         rows = [(int(r[column]), float(r["elapsed_s"])) for r in csv.DictReader(f)]
     (first, t0), (last, t1) = rows[0], rows[-1]
     if t1 <= t0:
-        sys.exit("too few evaluations to measure a rate: raise --budget/--probe-seconds")
+        sys.exit("too few evaluations to measure a rate: raise --budget or lower --eval-every")
     return (last - first) / (t1 - t0)
 
 
@@ -78,31 +79,24 @@ def run_lstmgen(wiki: Path, args) -> dict:
                                              learning_rate=args.learning_rate).items()
                        if v is not None}
     tmp = Path(tempfile.mkdtemp(prefix="wt2-"))
-    common = dict(tokenizer="word", tokenizer_options={"vocab_size": 40_000}, model=model,
-                  config=train, epochs=1000, checkpoint_every=10**9, sample_length=0,
+    vocab_size = args.vocab_size or (40_000 if args.tokenizer == "word" else 8_192)
+    common = dict(tokenizer=args.tokenizer, tokenizer_options={"vocab_size": vocab_size},
+                  model=model, config=train, checkpoint_every=10**9, sample_length=0,
                   overwrite=True, verbose=0, **train_overrides)
-    # The cosine schedule must end with the budget: a probe run measures the step rate
-    # (as bench_quality.py does), evaluations on a few windows, compilation excluded.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnknownTokensWarning)
-        probe = lstmgen.train(wiki / "wiki.train.tokens", out=tmp / "probe",
-                              val=wiki / "wiki.valid.tokens", max_time=args.probe_seconds,
-                              schedule="constant", eval_every=5, val_tokens=2048, **common)
-    rate = _rate(probe.run.metrics_path, "step")
-    steps = int(0.93 * args.budget * rate)
-    print(f"lstmgen: {rate:.2f} steps/s in a {args.probe_seconds:.0f} s probe; cosine schedule "
-          f"of {steps} steps", flush=True)
+    # lstmgen sizes the cosine schedule to the budget itself (lstmgen.schedule): it measures
+    # its step rate after the warm-up, as `lstmgen train --max-time` does.
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnknownTokensWarning)  # the vocabulary covers val
         trained = lstmgen.train(
             wiki / "wiki.train.tokens", out=tmp / "run", val=wiki / "wiki.valid.tokens",
-            max_time=args.budget, schedule_steps=steps, warmup_steps=min(100, steps // 20),
-            val_tokens=20_000, eval_every=max(50, steps // 4), **common,
+            max_time=args.budget, val_tokens=20_000, eval_every=args.eval_every, **common,
         )
     wall = time.perf_counter() - started
-    info = trained.info()
     last = lstmgen.load(trained.run.path, checkpoint="last").state
+    print(f"lstmgen: the cosine schedule was sized to end at step {last['schedule_steps']} "
+          f"(measured at step {last['schedule_hold']}); {last['step']} steps run", flush=True)
+    info = trained.info()
     train_text = (wiki / "wiki.train.tokens").read_text(encoding="utf-8")
     words_per_token = count_words(train_text) / info["corpus"]["train_tokens"]
     c = trained.run.config["train"]
@@ -115,7 +109,8 @@ def run_lstmgen(wiki: Path, args) -> dict:
     test = trained.evaluate(wiki / "wiki.test.tokens", max_tokens=args.eval_tokens)
     sample = trained.generate(" The", 60, temperature=0.8, seed=0)[0]
     return {
-        "system": "lstmgen", "model": info["model"], "batch": [c["batch_size"], c["seq_len"]],
+        "system": f"lstmgen ({args.tokenizer})", "model": info["model"],
+        "batch": [c["batch_size"], c["seq_len"]],
         "learning_rate": c["learning_rate"], "vocab_size": info["vocab_size"],
         "parameters": info["parameters"], "steps": last["step"], "best_step": info["step"],
         "epochs": round(tokens / info["corpus"]["train_tokens"], 3),
@@ -230,6 +225,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=600.0, help="training seconds each")
     parser.add_argument("--system", choices=("both", "lstmgen", "pytorch"), default="both")
+    parser.add_argument("--tokenizer", choices=("word", "bpe"), default="word",
+                        help="lstmgen's tokens (the model and training keep the word defaults)")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="lstmgen's vocabulary (40,000 words: all of them; 8,192 for BPE)")
     parser.add_argument("--units", type=int, default=None)
     parser.add_argument("--embedding-dim", type=int, default=None)
     parser.add_argument("--layers", type=int, default=None)
@@ -242,8 +241,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--eval-tokens", type=int, default=None,
                         help="score only the first N tokens of valid/test (smoke runs)")
-    parser.add_argument("--probe-seconds", type=float, default=45.0,
-                        help="the run that measures lstmgen's step rate first")
+    parser.add_argument("--eval-every", type=int, default=150,
+                        help="lstmgen: validate every this many steps")
     args = parser.parse_args()
     hugepages(args.system != "pytorch")  # as `lstmgen train` runs
     wiki = wikitext()

@@ -109,6 +109,8 @@ def test_ctrl_c_then_resume_is_bit_identical_to_straight_training(tmp_path, smal
 
 def test_runs_saved_before_carry_state_existed_resume_without_it():
     assert lstmgen.TrainConfig().carry_state is True
+    old = lstmgen.TrainConfig.from_dict({"batch_size": 8, "epochs": 3})
+    assert old.epochs == 3 and lstmgen.TrainConfig.from_dict({}).epoch_limit == 10
     assert lstmgen.TrainConfig.from_dict({"batch_size": 8}).carry_state is False
     assert lstmgen.TrainConfig.from_dict(lstmgen.TrainConfig().to_dict()) == lstmgen.TrainConfig()
 
@@ -120,6 +122,8 @@ def test_bad_settings_are_one_line_errors(tmp_path, small_text):
         lstmgen.train(small_text, out=tmp_path / "a", seq_len=-5)
     with pytest.raises(LstmgenError, match="carry-state must be true or false"):
         lstmgen.train(small_text, out=tmp_path / "a", carry_state="yes")
+    with pytest.raises(LstmgenError, match="epochs must be a positive integer"):
+        lstmgen.train(small_text, out=tmp_path / "a", epochs=0)
     with pytest.raises(LstmgenError, match="units must be a positive integer"):
         lstmgen.train(small_text, out=tmp_path / "a", model=lstmgen.ModelConfig(units=0))
     with pytest.raises(LstmgenError, match="fewer than one sequence"):
@@ -195,3 +199,36 @@ def test_run_files_get_the_usual_permissions(trained_run):
     os.umask(mask)
     for name in ("config.json", "tokenizer.json", "checkpoints/best.weights.h5"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+def test_a_time_budget_sizes_the_schedule_and_resume_keeps_it(tmp_path, small_text):
+    import json
+
+    from lstmgen.schedule import WarmupCosine
+
+    out = tmp_path / "r"
+    lstmgen.train(small_text, out=out, model=TINY, batch_size=8, seq_len=32, warmup_steps=10,
+                  max_time=15.0, sample_length=0, verbose=0)
+    config = json.loads((out / "config.json").read_text())["train"]
+    assert config["epochs"] is None and config["schedule_steps"] is None  # sized by the time
+    state = lstmgen.load(out, checkpoint="last").state
+    hold, last = state["schedule_hold"], state["schedule_steps"]
+    assert 10 <= hold < last
+    assert state["stop_reason"] == "time budget reached" and state["elapsed"] >= 15.0
+    # The budget is used: the schedule ends near where the time ran out, not long before
+    # (an epoch count) and not long after it (the learning rate would not have decayed). A
+    # 15-s run of a tiny model is at the mercy of the machine's jitter, hence the margins.
+    assert 0.7 * state["step"] <= last <= 1.15 * state["step"]
+    schedule = WarmupCosine(4e-3, warmup=10, hold=hold, total=last)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert float(rows[-1]["epoch"]) > 1 and float(rows[-1]["learning_rate"]) < 1e-3
+    for row in rows:  # the learning rate is a function of the step and the saved numbers
+        assert float(row["learning_rate"]) == pytest.approx(float(schedule(int(row["step"]))),
+                                                            rel=1e-5)
+
+    lstmgen.train(out=out, resume=True, max_time=20.0, verbose=0)  # a longer budget
+    resumed = lstmgen.load(out, checkpoint="last").state
+    assert (resumed["schedule_hold"], resumed["schedule_steps"]) == (hold, last)  # not re-sized
+    assert resumed["step"] > state["step"] and resumed["elapsed"] >= 20.0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert float(rows[-1]["learning_rate"]) == pytest.approx(4e-4, rel=1e-5)  # the floor

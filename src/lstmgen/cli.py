@@ -117,9 +117,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--seq-len", type=_positive_int, help="tokens per sequence (64)")
     t.add_argument("--learning-rate", type=float, help="Adam learning rate (4e-3)")
     t.add_argument("--clipnorm", type=float, help="gradient norm clip (5)")
-    t.add_argument("--epochs", type=_positive_int, help="passes over the training text (10)")
+    t.add_argument("--epochs", type=_positive_int,
+                   help="passes over the training text (10; with --max-time, as many as fit)")
     t.add_argument("--max-steps", type=_positive_int, help="stop after this many steps")
-    t.add_argument("--max-time", type=float, help="stop cleanly after this many seconds")
+    t.add_argument("--max-time", type=float,
+                   help="stop cleanly after this many seconds; the cosine schedule is sized to "
+                   "end inside them (measured after the warm-up)")
     t.add_argument("--schedule", choices=("constant", "cosine"),
                    help="learning-rate schedule (cosine)")
     t.add_argument("--warmup-steps", type=_nonneg_int,
@@ -480,9 +483,8 @@ def cmd_demo(args) -> None:
     model = lstmgen.train(
         None, out=args.out, overwrite=True,
         model=lstmgen.ModelConfig(embedding_dim=64, units=256, layers=1),
-        batch_size=32, seq_len=64, learning_rate=4e-3, schedule="constant",
-        max_time=args.max_time,
-        epochs=100, eval_every=100, checkpoint_every=250, sample_length=0, val_tokens=100_000,
+        batch_size=32, seq_len=64, learning_rate=4e-3, max_time=args.max_time,
+        eval_every=100, checkpoint_every=250, sample_length=0, val_tokens=100_000,
     )
     state = model.state
     if state.get("best_val_fresh_start") is not None:

@@ -105,6 +105,20 @@ class Cluster:
 
         return bool(np.asarray(multihost_utils.process_allgather(np.array([flag]))).any())
 
+    def min(self, value: float) -> float:
+        """The smallest of ``value`` over the processes, on every process (a collective call).
+
+        Example:
+            >>> Cluster().min(3.5)
+            3.5
+        """
+        if self.num_processes == 1:
+            return value
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        return float(np.asarray(multihost_utils.process_allgather(np.array([value]))).min())
+
     def barrier(self, name: str) -> None:
         if self.num_processes > 1:
             from jax.experimental import multihost_utils

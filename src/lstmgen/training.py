@@ -33,6 +33,10 @@ from lstmgen.model import LanguageModel, ModelConfig
 from lstmgen.run import Run, TrainedModel
 
 SCHEDULES = ("constant", "cosine")
+DEFAULT_EPOCHS = 10
+# A validation of this many windows compiles the programs a full one runs
+# (lstmgen.evaluation lays the text out in up to 32 streams of at least 16 windows).
+WARM_UP_WINDOWS = 32 * 16
 # Word models train best on longer windows of words (bench/bench_wikitext2.py).
 WORD_TRAIN_DEFAULTS = dict(batch_size=32, seq_len=64, learning_rate=4e-3)
 # Settings that may change when a run is resumed; the rest define the run.
@@ -58,7 +62,9 @@ class TrainConfig:
     seq_len: int = 64
     learning_rate: float = 4e-3
     clipnorm: float = 5.0
-    epochs: int = 10
+    # Passes over the training text; None: DEFAULT_EPOCHS, or with max_time as many as fit in
+    # the time (the cosine schedule is then sized to the time budget: lstmgen.schedule).
+    epochs: int | None = None
     max_steps: int | None = None
     max_time: float | None = None
     schedule: str = "cosine"
@@ -81,12 +87,12 @@ class TrainConfig:
     encoding_errors: str = "strict"
 
     def validate(self) -> TrainConfig:
-        for name in ("batch_size", "seq_len", "epochs", "checkpoint_every"):
+        for name in ("batch_size", "seq_len", "checkpoint_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise LstmgenError(f"{name.replace('_', '-')} must be a positive integer, "
                                    f"got {value!r}")
-        for name in ("max_steps", "eval_every", "early_stopping", "val_tokens"):
+        for name in ("epochs", "max_steps", "eval_every", "early_stopping", "val_tokens"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise LstmgenError(f"{name.replace('_', '-')} must be a positive integer, "
@@ -113,6 +119,25 @@ class TrainConfig:
             raise LstmgenError(f"sample-length must be >= 0, got {self.sample_length}")
         return self
 
+    @property
+    def epoch_limit(self) -> int | None:
+        """The number of epochs to train; ``None``: no limit but the time budget.
+
+        Example:
+            >>> TrainConfig().epoch_limit, TrainConfig(max_time=60).epoch_limit
+            (10, None)
+        """
+        if self.epochs is not None:
+            return self.epochs
+        return None if self.max_time else DEFAULT_EPOCHS
+
+    @property
+    def sized_by_time(self) -> bool:
+        """Whether the cosine schedule's length is fixed by measuring the run against its
+        time budget (``max_time`` without ``schedule_steps``)."""
+        return (self.schedule == "cosine" and self.schedule_steps is None
+                and self.max_time is not None)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -130,8 +155,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        # Runs saved before these settings existed neither carried nor reset the state.
-        data = {"carry_state": False, "state_reset": 0.0, **data}
+        # Runs saved before these settings existed neither carried nor reset the state, nor
+        # left the epochs to the time budget.
+        data = {"carry_state": False, "state_reset": 0.0, "epochs": DEFAULT_EPOCHS, **data}
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -148,6 +174,9 @@ class TrainingState:
     best_val_fresh_start: float | None = None
     best_val_word_perplexity: float | None = None
     best_step: int | None = None
+    # A schedule sized to the time budget: its hold and last step, fixed once measured.
+    schedule_hold: int | None = None
+    schedule_steps: int | None = None
     evals_without_improvement: int = 0
     finished: bool = False
     stop_reason: str | None = None
@@ -258,10 +287,11 @@ def _prepare_run(corpus, run_path: Path, model, config: TrainConfig, tokenizer,
     )
     config = _fit_batch_to_data(config, data)
     model = model.for_vocabulary(fitted.vocab_size)  # the run records the softmax it gets
-    if config.schedule_steps is None:  # the schedule's length is fixed when the run starts
+    if config.schedule_steps is None and not config.sized_by_time:
+        # The schedule's length is fixed when the run starts (a time budget fixes it later).
         per_epoch = WindowOrder(data.meta.n_train, config.seq_len, config.batch_size,
                                 config.seed).batches_per_epoch
-        steps = config.epochs * per_epoch
+        steps = config.epoch_limit * per_epoch
         config = replace(config, schedule_steps=min(steps, config.max_steps or steps))
     corpus_info = {
         "sources": data.meta.sources,
@@ -352,6 +382,8 @@ class Trainer:
         self.generator = None
         self.user_callbacks = list(callbacks or [])
         self._last_eval_step = None
+        self._eval_seconds = 0.0
+        self._evals_run = 0  # by this process: the first one compiles
         self._stop_agreed = False
         self.tensorboard = None
         if config.tensorboard and self.writes:
@@ -362,26 +394,32 @@ class Trainer:
         self._compile()
 
     # -- setup ------------------------------------------------------------------------------
-    def total_steps(self) -> int:
-        steps = self.config.epochs * self.order.batches_per_epoch
-        return min(steps, self.config.max_steps) if self.config.max_steps else steps
+    def total_steps(self) -> int | None:
+        """The step training ends at by its epoch and step limits (None: only time)."""
+        limit = self.config.epoch_limit
+        steps = limit * self.order.batches_per_epoch if limit is not None else None
+        if self.config.max_steps:
+            return min(steps, self.config.max_steps) if steps else self.config.max_steps
+        return steps
 
     def _compile(self) -> None:
         import keras
 
         from lstmgen.heads import training_loss
+        from lstmgen.schedule import WarmupCosine
 
         c = self.config
         lr = c.learning_rate
+        self.schedule = None
         if c.schedule == "cosine":
-            length = c.schedule_steps or self.total_steps()
-            warmup = min(c.warmup_steps, length // 10)  # a short run gets a short warm-up
-            lr = keras.optimizers.schedules.CosineDecay(
-                initial_learning_rate=0.0 if warmup else c.learning_rate,
-                decay_steps=max(1, length - warmup), alpha=0.1,
-                warmup_target=c.learning_rate if warmup else None,
-                warmup_steps=warmup,
-            )
+            if c.sized_by_time:  # the length is set once the run has measured itself
+                warmup = c.warmup_steps
+                length = self.total_steps() or 10**9
+            else:
+                length = c.schedule_steps or self.total_steps()
+                warmup = min(c.warmup_steps, length // 10)  # a short run: a short warm-up
+            lr = self.schedule = WarmupCosine(c.learning_rate, warmup=warmup, hold=warmup,
+                                              total=length)
         self.model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=c.clipnorm),
             loss=training_loss(self.lm.config.softmax),
@@ -403,24 +441,37 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._on_sigint) \
             if _main_thread() else None
         self._clock = time.monotonic() - s.elapsed
+        self._timing = None
+        self._overhead = 0.0  # seconds spent between steps: validations, samples, checkpoints
+        self._fit_started = time.monotonic()
+        self._reschedule = False
+        self._apply_saved_schedule()
         try:
-            while s.epoch < c.epochs and not self._agreed_stop():
+            while ((c.epoch_limit is None or s.epoch < c.epoch_limit)
+                   and not self._agreed_stop()):
                 dataset = WindowDataset(
                     self.data.train_reader(), seq_len=c.seq_len, batch_size=c.batch_size,
                     seed=c.seed, epoch=s.epoch, first_batch=s.batch,
                     num_batches=self._batches_this_epoch(), shard=self.cluster.shard,
                     lanes=c.carry_state, state_reset=c.state_reset,
                 )
-                if self.verbose:
-                    print(f"epoch {s.epoch + 1}/{c.epochs}", flush=True)
+                if self.verbose and s.batch == 0:
+                    print(f"epoch {s.epoch + 1}/{c.epoch_limit or '(until the time budget)'}",
+                          flush=True)
                 if len(dataset):
                     # shuffle=False: the order is ours (WindowOrder), so resume can replay it.
                     self.model.fit(dataset, epochs=1, verbose=self.verbose, shuffle=False,
                                    callbacks=callbacks)
+                if self._reschedule:  # the schedule was just sized: go on with it
+                    self._reschedule = False
+                    self.model.train_function = None  # retrace: the schedule is a constant
+                    continue
                 if self._stop_agreed:
                     break
                 s.epoch, s.batch = s.epoch + 1, 0
+                began = time.monotonic()
                 self.end_of_epoch()
+                self._overhead += time.monotonic() - began
             self.interrupted = self.cluster.any(self.interrupted)
         finally:
             if previous is not None:
@@ -486,13 +537,92 @@ class Trainer:
         self._last_train_loss = logs.get("loss") if logs else None
         evaluate = bool(c.eval_every) and s.step % c.eval_every == 0
         checkpoint = s.step % c.checkpoint_every == 0
-        if evaluate or checkpoint:
+        size = self._time_schedule_now(logs)
+        if evaluate or checkpoint or size:
             sync()
-        if evaluate:
+        if evaluate or checkpoint:
+            _wait_for(logs)  # what follows is not the steps' time
+            began = time.monotonic()
+            if evaluate:
+                self.evaluate_and_record()
+            if checkpoint:
+                self.save("last")
+            self._overhead += time.monotonic() - began
+        if size:
+            self._size_schedule_to_time()
+        return self._agreed_stop() or self._reschedule
+
+    # -- a schedule sized to the time budget ---------------------------------------------------
+    def _time_schedule_now(self, logs) -> bool:
+        """Whether this step ends the measurement of a run whose schedule the time budget
+        sizes: past the warm-up, and :data:`~lstmgen.schedule.MEASURED_STEPS` steps and
+        :func:`~lstmgen.schedule.measure_seconds` after the first step this process ran (which
+        compiled)."""
+        from lstmgen.schedule import MEASURED_STEPS, measure_seconds
+
+        if self.schedule is None or not self.config.sized_by_time or \
+                self.state.schedule_steps is not None:
+            return False
+        if self._timing is None:
+            _wait_for(logs)
+            self._timing = (self.state.step, time.monotonic(), self._overhead)
+            # The step function is compiled again once the schedule is set: about as long.
+            self._compile_seconds = self._timing[1] - self._fit_started
+            return False
+        first, started, overhead = self._timing
+        stepping = time.monotonic() - started - (self._overhead - overhead)
+        if self.state.step < max(self.config.warmup_steps, first + MEASURED_STEPS) or \
+                stepping < measure_seconds(self.config.max_time):
+            return False
+        _wait_for(logs)
+        stepping = time.monotonic() - started - (self._overhead - overhead)
+        self._seconds_per_step = stepping / (self.state.step - first)
+        return True
+
+    def _size_schedule_to_time(self) -> None:
+        """Fix the cosine's length so that it ends inside the time budget, from the measured
+        step rate and the cost of a validation (run one now if none was), the same on every
+        process; the learning rate holds its peak from the warm-up's end to this step."""
+        from lstmgen.schedule import steps_in_time
+
+        c, s = self.config, self.state
+        seconds_per_step = self._seconds_per_step
+        eval_seconds = self._validation_seconds()
+        evals_per_step = 1 / self.order.batches_per_epoch + (
+            1 / c.eval_every if c.eval_every else 0.0)
+        left = c.max_time - self.elapsed() - self._compile_seconds
+        last = steps_in_time(s.step, left, seconds_per_step, eval_seconds, evals_per_step)
+        cap = self.total_steps()
+        last = int(self.cluster.min(min(last, cap) if cap else last))
+        s.schedule_hold, s.schedule_steps = s.step, last
+        self._apply_saved_schedule()
+        self._reschedule = True
+        if self.verbose:
+            print(f"step {s.step}: {1 / seconds_per_step:.2f} steps/s measured; the cosine "
+                  f"schedule ends at step {last} to fit the {c.max_time:g}-s budget",
+                  flush=True)
+
+    def _validation_seconds(self) -> float:
+        """What one validation costs once its programs are compiled; the first one of a
+        process compiles them, so it is not the one timed."""
+        if self.data.meta.n_val <= 1:
+            return 0.0
+        if self._evals_run == 0:  # compile on a prefix of the same layout, then time
+            self.evaluator(self.data.val, max_tokens=WARM_UP_WINDOWS * self.config.seq_len + 1,
+                           words=0)
+        if self._last_eval_step != self.state.step:
             self.evaluate_and_record()
-        if checkpoint:
-            self.save("last")
-        return self._agreed_stop()
+            return self._eval_seconds
+        if self._evals_run == 1:  # this step's validation was the compiling one
+            started = time.monotonic()
+            self._validate()
+            return time.monotonic() - started
+        return self._eval_seconds
+
+    def _apply_saved_schedule(self) -> None:
+        s = self.state
+        if self.schedule is not None and s.schedule_steps is not None:
+            self.schedule.hold, self.schedule.total = s.schedule_hold, s.schedule_steps
 
     def _agreed_stop(self) -> bool:
         """Every process must stop at the same step: they agree with a tiny collective."""
@@ -504,19 +634,24 @@ class Trainer:
         self.print_sample()
         self.save("last")
 
+    def _validate(self):
+        c = self.config
+        if self._val_words is None:  # the words of the text scored, counted once
+            from lstmgen.evaluation import count_words_in_ids
+
+            self._val_words = count_words_in_ids(self.tokenizer, self.data.val[: c.val_tokens])
+        return self.evaluator(self.data.val, chars=self.data.meta.n_val_chars,
+                              max_tokens=c.val_tokens, words=self._val_words)
+
     def evaluate_and_record(self) -> None:
         s, c = self.state, self.config
+        started = time.monotonic()
         s.elapsed = self.elapsed()
         self._last_eval_step = s.step
         val = None
         if self.data.meta.n_val > 1:
-            if self._val_words is None:  # the words of the text scored, counted once
-                from lstmgen.evaluation import count_words_in_ids
-
-                self._val_words = count_words_in_ids(self.tokenizer,
-                                                     self.data.val[: c.val_tokens])
-            val = self.evaluator(self.data.val, chars=self.data.meta.n_val_chars,
-                                 max_tokens=c.val_tokens, words=self._val_words)
+            val = self._validate()
+        self._evals_run += 1
         row = {
             "step": s.step, "epoch": s.epoch + (s.batch / self.order.batches_per_epoch),
             "elapsed_s": round(s.elapsed, 2), "tokens": s.step * c.batch_size * c.seq_len,
@@ -548,6 +683,7 @@ class Trainer:
                      + f", fresh start {_fmt(val.fresh_start)}" if val else "no validation split")
             print(f"step {s.step}: train loss {_fmt(row['train_loss'])}, {vtext}", flush=True)
         self.plot()
+        self._eval_seconds = time.monotonic() - started
 
     def print_sample(self) -> None:
         length = self.config.sample_length
@@ -630,6 +766,12 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def _wait_for(logs) -> None:
+    """Wait until the step that produced ``logs`` has run (JAX dispatches steps ahead)."""
+    if logs and "loss" in logs:
+        np.asarray(logs["loss"])
 
 
 def _float(value):
