@@ -52,6 +52,20 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path, small_text, 
     assert not list((tmp_path / "pair").rglob("*.tmp*"))
 
 
+def test_two_processes_size_a_time_budget_schedule_alike(tmp_path, small_text):
+    """Each process measures its own step rate; they must agree on one schedule, or their
+    replicas of the weights would drift apart silently."""
+    port = free_port()
+    pair = [start(small_text, tmp_path / "pair", tmp_path / f"p{i}.npz", 1,
+                  f"127.0.0.1:{port}", 2, i, mode="time") for i in range(2)]
+    finish(pair)
+    p0, p1 = (np.load(tmp_path / f"p{i}.npz") for i in range(2))
+    np.testing.assert_array_equal(p0["weights"], p1["weights"])
+    state = lstmgen.load(tmp_path / "pair", checkpoint="last").state
+    assert state["stop_reason"] == "time budget reached"
+    assert 5 <= state["schedule_hold"] < state["schedule_steps"]
+
+
 def test_configuration_errors(monkeypatch):
     with pytest.raises(LstmgenError, match="coordinator HOST:PORT"):
         DistributedConfig(num_processes=2, process_id=0).validate()

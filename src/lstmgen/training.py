@@ -571,8 +571,9 @@ class Trainer:
             return False
         first, started, overhead = self._timing
         stepping = time.monotonic() - started - (self._overhead - overhead)
-        if self.state.step < max(self.config.warmup_steps, first + MEASURED_STEPS) or \
-                stepping < measure_seconds(self.config.max_time):
+        ready = (self.state.step >= max(self.config.warmup_steps, first + MEASURED_STEPS)
+                 and stepping >= measure_seconds(self.config.max_time))
+        if not self.cluster.any(ready):  # every process sizes it at the same step
             return False
         _wait_for(logs)
         stepping = time.monotonic() - started - (self._overhead - overhead)
