@@ -188,6 +188,11 @@ def test_max_time_stops_cleanly(tmp_path, small_text):
     state = lstmgen.load(tmp_path / "r", checkpoint="last").state
     assert state["stop_reason"] == "time budget reached"
     assert state["finished"] and state["step"] > 0
+    # A constant rate and no epoch count: the time alone ends it.
+    lstmgen.train(small_text, out=tmp_path / "c", model=TINY, batch_size=8, seq_len=32,
+                  max_time=3.0, schedule="constant", sample_length=0, verbose=0)
+    state = lstmgen.load(tmp_path / "c", checkpoint="last").state
+    assert state["stop_reason"] == "time budget reached" and state["schedule_steps"] is None
 
 
 def test_run_files_get_the_usual_permissions(trained_run):

@@ -287,7 +287,8 @@ def _prepare_run(corpus, run_path: Path, model, config: TrainConfig, tokenizer,
     )
     config = _fit_batch_to_data(config, data)
     model = model.for_vocabulary(fitted.vocab_size)  # the run records the softmax it gets
-    if config.schedule_steps is None and not config.sized_by_time:
+    if config.schedule_steps is None and config.epoch_limit is not None \
+            and not config.sized_by_time:
         # The schedule's length is fixed when the run starts (a time budget fixes it later).
         per_epoch = WindowOrder(data.meta.n_train, config.seq_len, config.batch_size,
                                 config.seed).batches_per_epoch
