@@ -152,16 +152,62 @@ def test_softmax_is_resolved_once_and_old_runs_keep_the_full_one(words, tmp_path
     assert saved["softmax"] == "adaptive" and saved["cutoffs"] == [400]
 
 
+@pytest.mark.parametrize("kind", ["adaptive", "adaptive-tied"])
+def test_adaptive_training_loss_matches_the_log_probabilities_value_and_gradients(words, kind):
+    """The training loss scores tail clusters only where targets fall (or, when a batch has
+    more of them than the capacity, everywhere): the same NLL and gradients as reading the
+    targets off the whole vocabulary's log-probabilities."""
+    import jax
+    import jax.numpy as jnp
+
+    from lstmgen.heads import adaptive_nll, tail_capacities, token_fractions
+
+    tok, ids = words
+    lm = make_model(tok, **KINDS[kind])
+    cutoffs, vocab = lm.config.cutoffs, tok.vocab_size
+    rng = np.random.default_rng(1)
+    arrays = [np.asarray(v.value) + rng.normal(0, 0.1, v.shape).astype(np.float32)
+              for v in lm.head.weights]
+    tied = np.asarray(lm.embedding.embeddings.value) if "tied" in kind else None
+    h = rng.normal(size=(16, 64, 24)).astype(np.float32)
+    targets = ids[5000 : 5000 + 1024].reshape(16, 64).astype(np.int32)
+
+    def reference(arrays, h):
+        logp = output_log_probs(jax_ops(), h, arrays, "adaptive", cutoffs, tied)
+        return -jnp.take_along_axis(logp, targets[..., None], axis=-1).sum()
+
+    want, want_grads = jax.value_and_grad(reference, argnums=(0, 1))(arrays, h)
+    fractions = token_fractions(ids, cutoffs)
+    counts = [int(((targets >= lo) & (targets < hi)).sum())
+              for lo, hi in zip(cutoffs, [*cutoffs[1:], vocab])]
+    # each path taken: every tail scored where its targets fall (they fit the capacity), and
+    # the first tail overflowing a capacity sized for none of them (scored everywhere)
+    assert all(0 < k <= c < 1024 for k, c in zip(counts, tail_capacities(1024, fractions)))
+    assert counts[0] > tail_capacities(1024, [0.0])[0]
+    for tail_fractions in (fractions, [0.0] * len(cutoffs), None):
+        def loss(arrays, h, tail_fractions=tail_fractions):
+            return adaptive_nll(h, targets, arrays, cutoffs, vocab, tied, tail_fractions).sum()
+
+        got, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(arrays, h)
+        assert float(got) == pytest.approx(float(want), rel=1e-5)
+        for g, w in zip([*grads[0], grads[1]], [*want_grads[0], want_grads[1]]):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
+
+
 def test_adaptive_training_loss_is_the_cross_entropy_of_its_log_probabilities(words):
+    """In training the adaptive layer hands its input to the loss; the loss equals the
+    cross-entropy of the log-probabilities the model gives in inference."""
     import keras
 
-    from lstmgen.heads import training_loss
+    from lstmgen.heads import token_fractions, training_loss
 
     tok, ids = words
     lm = make_model(tok, **KINDS["adaptive"])
     x, y = ids[None, :64], ids[None, 1:65]
     logp = lm.training_model.predict(x, verbose=0)
+    hidden = lm.training_model(x, training=True)
+    assert hidden.shape == (1, 64, 24)
     reference = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logp)
-    assert float(training_loss("adaptive")(y, logp)) == pytest.approx(float(reference),
-                                                                       rel=1e-5)
+    loss = training_loss("adaptive", lm.head, token_fractions(ids, lm.config.cutoffs))
+    assert float(loss(y, hidden)) == pytest.approx(float(reference), rel=1e-5)
     assert float(reference) > 1.0  # an untrained model: a real loss to compare

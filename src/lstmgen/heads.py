@@ -10,6 +10,11 @@
   units it needs about a sixth of the full softmax's multiply-adds. Its output is the exact
   normalised log-probability of every token, so losses, perplexities and sampling are exact.
 
+In training the adaptive layer passes its input through and :func:`training_loss` scores
+each position's target only (:func:`adaptive_nll`): the head everywhere, a tail cluster only
+at the positions whose target falls in it. The log-probabilities of the whole vocabulary at
+every position cost ~3x the rest of a word model's training step (``bench/bench_wikitext2.py``).
+
 With ``tie_embeddings`` the output matrix of the full softmax, or the head's rows of the
 frequent tokens with the adaptive one, *is* the input embedding matrix (Press & Wolf 2017):
 fewer parameters and, on word vocabularies, better perplexity. It needs ``embedding_dim ==
@@ -134,22 +139,127 @@ def output_shapes(softmax: str, cutoffs, units: int, vocab_size: int, tied: bool
     return shapes
 
 
-def training_loss(softmax: str):
-    """The Keras loss for a model's output: cross-entropy from logits (``full``), or the
-    negative log-likelihood of log-probabilities that are already normalised (``adaptive``:
-    normalising them again would cost a pass over every position's whole vocabulary)."""
+def tail_capacities(positions: int, tail_fractions) -> list[int]:
+    """How many positions of a batch each tail cluster is scored at: its share of the
+    training tokens with room for bursts of rare words (a batch that has more falls back to
+    scoring the cluster everywhere: exact, only slower), a multiple of 8.
+
+    Example:
+        >>> tail_capacities(2048, [0.16, 0.07]), tail_capacities(64, [0.9])
+        ([560, 280], [64])
+    """
+    return [min(positions, -(-int(1.5 * f * positions + 64) // 8) * 8) for f in tail_fractions]
+
+
+def adaptive_nll(h, targets, arrays: list, cutoffs: list[int], vocab_size: int, tied=None,
+                 tail_fractions=None):
+    """The negative log-likelihood of ``targets`` (any shape) from the last layer's outputs
+    ``h`` (``targets.shape + (units,)``), in ``keras.ops``: equal to reading it off
+    :func:`output_log_probs` but without the whole vocabulary's log-probabilities. Tail
+    cluster ``i`` is scored only at the (at most :func:`tail_capacities`) positions whose
+    target falls in it; without ``tail_fractions`` it is scored everywhere and masked."""
+    from keras import ops
+
+    shape = ops.shape(targets)
+    units = h.shape[-1]
+    h = ops.reshape(h, (-1, units))
+    y = ops.reshape(ops.cast(targets, "int32"), (-1,))
+    n = h.shape[0]
+    c0 = cutoffs[0]
+    if tied is None:
+        head_kernel, head_bias, *tails = arrays
+        head = ops.matmul(h, head_kernel) + head_bias
+    else:
+        cluster_kernel, head_bias, *tails = arrays
+        words = ops.matmul(h, ops.transpose(tied[:c0]))
+        head = ops.concatenate([words, ops.matmul(h, cluster_kernel)], axis=-1) + head_bias
+    head = ops.log_softmax(head, axis=-1)
+    cluster = sum(ops.cast(y >= c, "int32") for c in cutoffs)  # 0: the head's own tokens
+    in_head = ops.where(cluster == 0, y, c0 + cluster - 1)
+    nll = -ops.take_along_axis(head, in_head[:, None], axis=-1)[:, 0]
+    bounds = [*cutoffs, vocab_size]
+    capacities = tail_capacities(n, tail_fractions) if tail_fractions else [n] * len(cutoffs)
+    for i, capacity in enumerate(capacities):
+        tail = _Tail(*tails[3 * i : 3 * i + 3], low=bounds[i], high=bounds[i + 1])
+        inside = cluster == i + 1
+        if capacity >= n:
+            nll -= tail.everywhere(h, y, inside)
+        else:
+            nll -= ops.cond(ops.sum(ops.cast(inside, "int32")) <= capacity,
+                            lambda t=tail, m=inside, k=capacity: t.gathered(h, y, m, k),
+                            lambda t=tail, m=inside: t.everywhere(h, y, m))
+    return ops.reshape(nll, shape)
+
+
+class _Tail:
+    """One tail cluster's log-probability of the targets inside it (:func:`adaptive_nll`)."""
+
+    def __init__(self, projection, kernel, bias, low: int, high: int):
+        self.projection, self.kernel, self.bias = projection, kernel, bias
+        self.low, self.high = low, high
+
+    def log_prob(self, h, y):
+        from keras import ops
+
+        scores = ops.matmul(ops.matmul(h, self.projection), self.kernel) + self.bias
+        local = ops.clip(y - self.low, 0, self.high - self.low - 1)
+        own = ops.take_along_axis(scores, local[:, None], axis=-1)[:, 0]
+        return own - ops.logsumexp(scores, axis=-1)
+
+    def everywhere(self, h, y, inside):
+        from keras import ops
+
+        return ops.where(inside, self.log_prob(h, y), 0.0)
+
+    def gathered(self, h, y, inside, capacity: int):
+        from keras import ops
+
+        n = h.shape[0]
+        # The first `capacity` positions inside the cluster (all of them: the caller checked).
+        rank, rows = ops.top_k(ops.where(inside, n - ops.arange(n), 0), capacity)
+        log_prob = self.log_prob(ops.take(h, rows, axis=0), ops.take(y, rows, axis=0))
+        return ops.scatter(rows[:, None], ops.where(rank > 0, log_prob, 0.0), (n,))
+
+
+def token_fractions(tokens, cutoffs: list[int], samples: int = 256, span: int = 4096) -> list:
+    """The share of ``tokens`` (an array, e.g. the training split's memory map) in each tail
+    cluster, from ``samples`` evenly spread spans (the whole array when it is small).
+
+    Example:
+        >>> token_fractions(np.array([0, 5, 9, 9]), [4, 8])
+        [0.25, 0.5]
+    """
+    n = len(tokens)
+    if n <= samples * span:
+        sample = np.asarray(tokens)
+    else:
+        starts = np.linspace(0, n - span, samples).astype(np.int64)
+        sample = np.concatenate([np.asarray(tokens[s : s + span]) for s in starts])
+    bounds = [*cutoffs, np.iinfo(np.int64).max]
+    return [float(np.mean((sample >= lo) & (sample < hi))) if len(sample) else 0.0
+            for lo, hi in zip(bounds, bounds[1:])]
+
+
+def training_loss(softmax: str, head=None, tail_fractions=None):
+    """The Keras loss for a model's training output: cross-entropy from logits (``full``),
+    or, for the adaptive softmax, the negative log-likelihood that ``head`` (the model's
+    output layer, which passes its input through in training) computes for the targets alone
+    (:func:`adaptive_nll`; ``tail_fractions`` from :func:`token_fractions`)."""
     import keras
     from keras import ops
 
     if softmax == "full":
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    class NegativeLogLikelihood(keras.losses.Loss):
-        def call(self, y_true, log_probs):
+    class AdaptiveLoss(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            if y_pred.shape[-1] == head.units:  # training: the layer's input
+                return head.target_nll(y_pred, y_true, tail_fractions)
+            # log-probabilities (Keras builds the loss once on the inference output's shape)
             y_true = ops.expand_dims(ops.cast(y_true, "int32"), -1)
-            return -ops.take_along_axis(ops.cast(log_probs, "float32"), y_true, axis=-1)[..., 0]
+            return -ops.take_along_axis(ops.cast(y_pred, "float32"), y_true, axis=-1)[..., 0]
 
-    return NegativeLogLikelihood(name="nll")
+    return AdaptiveLoss(name="nll")
 
 
 def _host_zeros(shape, dtype=None):
@@ -193,7 +303,7 @@ def _output_layer_class():
             self._embedding = weakref.ref(embedding) if embedding is not None else None
 
         def build(self, input_shape):
-            units = input_shape[-1]
+            self.units = units = input_shape[-1]
             shapes = output_shapes(self.softmax, self.cutoffs, units, self.vocab_size,
                                    self._embedding is not None)
             self.arrays = [
@@ -203,11 +313,22 @@ def _output_layer_class():
                 for i, shape in enumerate(shapes)
             ]
 
-        def call(self, h):
+        def _tensors(self):
             tied = (ops.convert_to_tensor(self._embedding().embeddings)
                     if self._embedding is not None else None)
-            return output_log_probs(ops, h, [ops.convert_to_tensor(a) for a in self.arrays],
-                                    self.softmax, self.cutoffs, tied)
+            return [ops.convert_to_tensor(a) for a in self.arrays], tied
+
+        def call(self, h, training=None):
+            if training and self.softmax == "adaptive":
+                return h  # the training loss scores the targets alone (target_nll)
+            arrays, tied = self._tensors()
+            return output_log_probs(ops, h, arrays, self.softmax, self.cutoffs, tied)
+
+        def target_nll(self, h, targets, tail_fractions=None):
+            """The adaptive softmax's loss of ``targets`` from this layer's input ``h``."""
+            arrays, tied = self._tensors()
+            return adaptive_nll(h, targets, arrays, self.cutoffs, self.vocab_size, tied,
+                                tail_fractions)
 
         def compute_output_shape(self, input_shape):
             return (*input_shape[:-1], self.vocab_size)

@@ -406,7 +406,7 @@ class Trainer:
     def _compile(self) -> None:
         import keras
 
-        from lstmgen.heads import training_loss
+        from lstmgen.heads import token_fractions, training_loss
         from lstmgen.schedule import WarmupCosine
 
         c = self.config
@@ -421,9 +421,12 @@ class Trainer:
                 warmup = min(c.warmup_steps, length // 10)  # a short run: a short warm-up
             lr = self.schedule = WarmupCosine(c.learning_rate, warmup=warmup, hold=warmup,
                                               total=length)
+        model = self.lm.config
+        fractions = (token_fractions(self.data.train, model.cutoffs)
+                     if model.softmax == "adaptive" else None)
         self.model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=c.clipnorm),
-            loss=training_loss(self.lm.config.softmax),
+            loss=training_loss(model.softmax, self.lm.head, fractions),
         )
         self.model.optimizer.build(self.model.trainable_variables)
 
