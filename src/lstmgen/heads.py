@@ -100,14 +100,7 @@ def output_log_probs(xp, h, arrays: list, softmax: str, cutoffs: list[int] | Non
         (bias,) = arrays
         return xp.matmul(h, xp.transpose(tied)) + bias
     n_tails = len(cutoffs)
-    if tied is None:
-        head_kernel, head_bias, *tails = arrays
-        head = xp.matmul(h, head_kernel) + head_bias
-    else:
-        cluster_kernel, head_bias, *tails = arrays
-        words = xp.matmul(h, xp.transpose(tied[: cutoffs[0]]))
-        head = xp.concatenate([words, xp.matmul(h, cluster_kernel)], axis=-1) + head_bias
-    head = xp.log_softmax(head, axis=-1)
+    head, tails = _head_log_probs(xp, h, arrays, cutoffs[0], tied)
     c0 = cutoffs[0]
     parts = [head[..., :c0]]
     for i in range(n_tails):
@@ -115,6 +108,19 @@ def output_log_probs(xp, h, arrays: list, softmax: str, cutoffs: list[int] | Non
         scores = xp.matmul(xp.matmul(h, projection), kernel) + bias
         parts.append(xp.log_softmax(scores, axis=-1) + head[..., c0 + i : c0 + i + 1])
     return xp.concatenate(parts, axis=-1)
+
+
+def _head_log_probs(xp, h, arrays: list, c0: int, tied):
+    """The head's log-probabilities (the ``c0`` frequent tokens, then one entry per tail
+    cluster) and the tails' variables."""
+    if tied is None:
+        head_kernel, head_bias, *tails = arrays
+        head = xp.matmul(h, head_kernel) + head_bias
+    else:
+        cluster_kernel, head_bias, *tails = arrays
+        words = xp.matmul(h, xp.transpose(tied[:c0]))
+        head = xp.concatenate([words, xp.matmul(h, cluster_kernel)], axis=-1) + head_bias
+    return xp.log_softmax(head, axis=-1), tails
 
 
 def jax_ops() -> SimpleNamespace:
@@ -166,14 +172,7 @@ def adaptive_nll(h, targets, arrays: list, cutoffs: list[int], vocab_size: int, 
     y = ops.reshape(ops.cast(targets, "int32"), (-1,))
     n = h.shape[0]
     c0 = cutoffs[0]
-    if tied is None:
-        head_kernel, head_bias, *tails = arrays
-        head = ops.matmul(h, head_kernel) + head_bias
-    else:
-        cluster_kernel, head_bias, *tails = arrays
-        words = ops.matmul(h, ops.transpose(tied[:c0]))
-        head = ops.concatenate([words, ops.matmul(h, cluster_kernel)], axis=-1) + head_bias
-    head = ops.log_softmax(head, axis=-1)
+    head, tails = _head_log_probs(ops, h, arrays, c0, tied)
     cluster = sum(ops.cast(y >= c, "int32") for c in cutoffs)  # 0: the head's own tokens
     in_head = ops.where(cluster == 0, y, c0 + cluster - 1)
     nll = -ops.take_along_axis(head, in_head[:, None], axis=-1)[:, 0]
