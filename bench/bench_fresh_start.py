@@ -1,23 +1,27 @@
 """Fresh start vs carried state: what a short prime gets, side by side, at equal training time.
 
-Every generation starts from a zero state. A model trained with the state carried from window
-to window meets one only at the start of each epoch's lanes, so its first tokens after a
-short prime can be worse than letter frequencies while its carried validation loss looks
-fine. This script trains, at equal wall time on the same machine, one run per variant —
+Every generation starts from the model's start state. A model trained with the state carried
+from window to window meets it only at the start of each epoch's lanes, so its first tokens
+after a short prime can be worse than letter frequencies while its carried validation loss
+looks fine. This script trains, at equal wall time on the same machine (or equal steps), one
+run per variant —
 
-  * ``reset 0``     the state carried, never reset (lstmgen's default before the fix),
-  * ``reset R``     the state carried, a share R of the lanes restarted at each window,
-  * ``no carry``    every window from a zero state (``--no-carry-state``),
+  * ``0z``          the state carried, never reset, streams from zeros (lstmgen's default
+                    before the fix),
+  * ``R``           the state carried, a share R of the lanes restarted at each window from
+                    the learned start state (``Rz``: from zeros, as before it existed),
+  * ``none``        every window from the start state (``--no-carry-state``),
 
 on tiny-shakespeare (nanoGPT split, seen ~10 times in 10 minutes) and on a corpus seen less
 than once in the time (War and Peace + the four Gutenberg books + WikiText-2's training text,
 ~16 MB; 3% of each file held out). For each it reports the validation loss with the state
-carried through the text and the fresh-start loss (windows of 8 tokens from a zero state, one
-every 64 tokens; lstmgen.evaluation), the unigram entropy of the validation text, and the first
-characters sampled after a short prime.
+carried through the text and the fresh-start loss (windows of 8 tokens from the start state,
+one every 64 tokens; lstmgen.evaluation), the unigram entropy of the validation text, and the
+first characters sampled after a short prime.
 
     python bench/bench_fresh_start.py                        # 10 minutes per run, 6 runs
-    python bench/bench_fresh_start.py --budget 150 --corpus large --variants 0 0.05 0.1 none
+    python bench/bench_fresh_start.py --budget 150 --corpus large --variants 0z 0.05 0.1 none
+    python bench/bench_fresh_start.py --corpus large --steps 2829 --variants 0.05  # vs a log
     python bench/bench_fresh_start.py --quick                # 60 s per run, a smoke run
 
 The step cost of the variants is the same, so one probe per corpus sizes a cosine schedule
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
+import dataclasses
 import math
 import os
 import shutil
@@ -78,16 +83,23 @@ def unigram_entropy(train: str, val: str) -> float:
                 for c, n in collections.Counter(val).items()) / len(val)
 
 
-def variant_settings(name: str, default_reset: float) -> dict:
+def variant_settings(name: str, default_reset: float) -> tuple[dict, dict]:
+    """(training settings, model settings) of a variant: a reset share or ``none``, with
+    ``z`` appended for streams that start from zeros instead of the learned start state."""
+    model = {"learned_start": False} if name.endswith("z") else {}
+    name = name.removesuffix("z")
     if name == "none":
-        return {"carry_state": False}
-    return {"carry_state": True, "state_reset": float(name)}
+        return {"carry_state": False}, model
+    return {"carry_state": True, "state_reset": float(name)}, model
 
 
 def label(name: str, default_reset: float) -> str:
+    zero = ", zero start" if name.endswith("z") else ""
+    name = name.removesuffix("z")
     if name == "none":
-        return "no carry"
-    return f"reset {float(name):g}" + (" (default)" if float(name) == default_reset else "")
+        return "no carry" + zero
+    return (f"reset {float(name):g}" + zero
+            + (" (default)" if float(name) == default_reset and not zero else ""))
 
 
 def main() -> None:
@@ -96,9 +108,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="60 s per run")
     parser.add_argument("--corpus", choices=(*CORPORA, "both"), default="both")
     parser.add_argument("--variants", nargs="+", default=None,
-                        help="state-reset shares, or 'none' for --no-carry-state "
-                        "(default: 0, the CLI's default, none)")
+                        help="state-reset shares, or 'none' for --no-carry-state; a 'z' "
+                        "suffix starts streams from zeros, not the learned start state "
+                        "(default: 0z, the CLI's default, none)")
     parser.add_argument("--probe-seconds", type=float, default=45.0)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train this many steps per run instead of probing the speed "
+                        "(implies --equal-steps; compares with runs of another day)")
     parser.add_argument("--evals", type=int, default=6, help="evaluations over the budget")
     parser.add_argument("--hugepages", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--equal-steps", action="store_true",
@@ -111,7 +127,7 @@ def main() -> None:
     import lstmgen
 
     default_reset = lstmgen.TrainConfig().state_reset
-    variants = args.variants or ["0", str(default_reset), "none"]
+    variants = args.variants or ["0z", str(default_reset), "none"]
     corpora = list(CORPORA) if args.corpus == "both" else [args.corpus]
     header(f"bench_fresh_start: carried vs fresh-start validation loss, {budget:.0f} s per run")
     results = []
@@ -129,10 +145,13 @@ def main() -> None:
             config = dict(batch_size=defaults.batch_size, seq_len=defaults.seq_len,
                           max_time=budget, epochs=10_000, checkpoint_every=10**9,
                           sample_length=0, val_tokens=10**7)
-            rate = steps_per_second(tmp, model, config, False,
-                                    min(args.probe_seconds, budget / 3))
-            steps = max(10, int(0.93 * budget * rate))
-            if args.equal_steps:
+            if args.steps:
+                steps, rate = args.steps, args.steps / (0.93 * budget)
+            else:
+                rate = steps_per_second(tmp, model, config, False,
+                                        min(args.probe_seconds, budget / 3))
+                steps = max(10, int(0.93 * budget * rate))
+            if args.equal_steps or args.steps:
                 config.update(max_time=None, max_steps=steps)
             config.update(schedule_steps=steps, warmup_steps=min(100, steps // 20),
                           eval_every=max(5, steps // args.evals))
@@ -140,10 +159,12 @@ def main() -> None:
                   f"unigram entropy of the validation text {unigram:.4f} nats/char; "
                   f"{rate:.2f} steps/s measured, cosine schedule of {steps} steps", flush=True)
             for name in variants:
-                settings = dict(config, **variant_settings(name, default_reset))
+                training, model_settings = variant_settings(name, default_reset)
+                settings = dict(config, **training)
                 started = time.perf_counter()
                 trained = lstmgen.train(tmp / "train.txt", out=tmp / f"run-{name}",
-                                        val=tmp / "val.txt", model=model, verbose=0,
+                                        val=tmp / "val.txt", verbose=0,
+                                        model=dataclasses.replace(model, **model_settings),
                                         overwrite=True, **settings)
                 wall = time.perf_counter() - started
                 with open(trained.run.metrics_path, newline="") as f:

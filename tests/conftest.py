@@ -22,6 +22,16 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+def set_random_start(lm, seed: int = 0) -> None:
+    """Give ``lm`` a random learned start state (it starts at zeros, which would hide a path
+    that ignores it)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for variable in lm.start.starts:
+        variable.assign(rng.normal(0, 0.5, variable.shape).astype("float32"))
+
+
 @pytest.fixture(scope="session")
 def shakespeare() -> Path:
     return shared_file("tiny_shakespeare", "input.txt")

@@ -1,10 +1,11 @@
 """Training with the state carried between batches: the state really flows, and only
-forward (no gradient through the window boundary); a share of lanes restarts from zeros, so
-that generation, which starts from zeros, gets the model's best text."""
+forward (no gradient through the window boundary); a share of lanes restarts from the learned
+start state, so that generation, which starts from it, gets the model's best text."""
 
 import math
 
 import numpy as np
+from conftest import set_random_start
 
 import lstmgen  # selects the JAX backend
 from lstmgen.carried_state import carried_training_model
@@ -16,6 +17,7 @@ def _fixed_weights_model(layers=2, cell="lstm"):
 
     lm = LanguageModel(ModelConfig(units=16, embedding_dim=8, layers=layers, dropout=0.0,
                                    cell=cell), vocab_size=30)
+    set_random_start(lm)
     model = carried_training_model(lm, batch_size=3)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -51,20 +53,24 @@ def test_each_batch_starts_from_the_previous_batch_final_state():
         assert all(not np.asarray(v.value).any() for v in model.state_store.states)
 
 
-def test_a_zero_keep_row_starts_its_window_from_zeros():
+def _start_states(lm, batch):
+    return [np.broadcast_to(np.asarray(v.value), (batch, 16)) for v in lm.start.starts]
+
+
+def test_a_zero_keep_row_starts_its_window_from_the_learned_start_state():
     lm, model = _fixed_weights_model()
     rng = np.random.default_rng(1)
     text = rng.integers(0, 30, size=(3, 25)).astype("int32")
-    zeros = [np.zeros((3, 16), "float32")] * lm.num_states
+    starts = _start_states(lm, 3)
     model.train_on_batch([text[:, :12], np.ones((3, 1), "float32")], text[:, 1:13])
     carried = [np.asarray(v.value) for v in model.state_store.states]
     keep = np.array([[1.0], [0.0], [1.0]], "float32")  # row 1 restarts
     x, y = text[:, 12:24], text[:, 13:25]
     loss = float(model.train_on_batch([x, keep], y))
-    expected = [s * keep for s in carried]
+    expected = [s * keep + start * (1 - keep) for s, start in zip(carried, starts)]
     logits, *_ = lm.stateful_model.predict_on_batch([x, *expected])
     np.testing.assert_allclose(loss, _nll(logits, y), rtol=1e-5)
-    fresh, *_ = lm.stateful_model.predict_on_batch([x, *zeros])
+    fresh, *_ = lm.stateful_model.predict_on_batch([x, *starts])
     np.testing.assert_allclose(logits[1], fresh[1], atol=1e-5)
     assert not np.allclose(logits[0], fresh[0], atol=1e-3)
 

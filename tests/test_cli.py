@@ -325,8 +325,12 @@ def test_resume_a_finished_run_with_more_epochs_and_fine_tune_from_it(tmp_path, 
     out = tmp_path / "run"
     base = ["--units", "16", "--embedding-dim", "8", "--batch-size", "8", "--seq-len", "32",
             "--sample-length", "0", "-q"]
-    first = run_cli("train", small_text, "--out", out, "--epochs", "1", *base)
+    first = run_cli("train", small_text, "--out", out, "--epochs", "1", "--no-learned-start",
+                    *base)
     assert first.returncode == 0, first.stderr
+    # Streams start from zeros, as in runs made before the learned start: it still generates.
+    assert json.loads((out / "config.json").read_text())["model"]["learned_start"] is False
+    assert lstmgen.load(out).lm.start is None and len(lstmgen.load(out).generate("a", 5)[0]) == 5
     one = lstmgen.load(out, checkpoint="last").state
     assert one["finished"] and one["epoch"] == 1
     more = run_cli("train", "--resume", out, "--epochs", "2", "-q")  # the README's example
@@ -338,7 +342,9 @@ def test_resume_a_finished_run_with_more_epochs_and_fine_tune_from_it(tmp_path, 
     fine = run_cli("train", small_text, "--from", out, "--out", tuned, "--max-steps", "2", "-q")
     assert fine.returncode == 0, fine.stderr
     assert (tuned / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
-    assert json.loads((tuned / "config.json").read_text())["corpus"]["init_from"] == str(out)
+    tuned_config = json.loads((tuned / "config.json").read_text())
+    assert tuned_config["corpus"]["init_from"] == str(out)
+    assert tuned_config["model"]["learned_start"] is False  # the base model's layers
 
 
 def test_demo_end_to_end_with_a_short_budget(tmp_path):

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import set_random_start
 
 from lstmgen.evaluation import Evaluation, Evaluator
 from lstmgen.model import LanguageModel, ModelConfig
@@ -19,6 +20,7 @@ def model_and_ids(shakespeare):
     text = shakespeare.read_text(encoding="utf-8")[:3000]
     tok = CharTokenizer.fit([text])
     lm = LanguageModel(ModelConfig(units=16, embedding_dim=8, layers=2), tok.vocab_size)
+    set_random_start(lm)  # every stream starts from it: the checks below cover that
     return lm, np.asarray(tok.encode(text), np.int32)
 
 
@@ -41,6 +43,8 @@ def test_carried_state_equals_reading_each_stream_whole(model_and_ids):
     result = evaluator(ids)
     assert result.tokens == 1200
     assert result.nll == pytest.approx(expected, rel=1e-4)
+    # A short text: its first predictions, from the start state, are most of the loss.
+    assert evaluator(ids[:6]).nll == pytest.approx(direct_nll(lm, ids[:6]), rel=1e-5)
 
 
 def test_reset_state_restarts_every_window(model_and_ids):
@@ -95,7 +99,7 @@ def test_fresh_start_windows_are_the_same_however_the_text_is_chunked(trained_ru
     assert whole.fresh_start > whole.loss
 
 
-def test_fresh_start_is_the_mean_loss_of_windows_read_from_zeros(model_and_ids):
+def test_fresh_start_is_the_mean_loss_of_windows_read_from_the_start_state(model_and_ids):
     lm, ids = model_and_ids
     from lstmgen.evaluation import FRESH_START_EVERY, FRESH_START_TOKENS
 

@@ -3,6 +3,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import set_random_start
 
 from lstmgen.checkpoint import save_checkpoint
 from lstmgen.errors import LstmgenError
@@ -20,6 +21,7 @@ def make_generator(cell="lstm", layers=2):
     tok = CharTokenizer.fit([TEXT])
     lm = LanguageModel(ModelConfig(units=24, embedding_dim=8, layers=layers, cell=cell),
                        tok.vocab_size)
+    set_random_start(lm)
     return Generator.from_model(lm, tok, block=16), tok, lm
 
 
@@ -122,6 +124,10 @@ def test_weights_read_from_the_checkpoint_file_are_the_models(cell, tmp_path):
     for a, b in zip(from_file["layers"], from_model["layers"]):
         for name in ("kernel", "recurrent", "bias"):
             np.testing.assert_array_equal(a[name], b[name])
+    assert len(from_file["start"]) == lm.num_states
+    for a, b in zip(from_file["start"], from_model["start"], strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert a.any()
     loaded = Generator.from_checkpoint(path, lm.config, tok, block=16)
     assert loaded.generate("Fir", length=40, seed=3, num_samples=2) == \
         gen.generate("Fir", length=40, seed=3, num_samples=2)

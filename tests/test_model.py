@@ -28,7 +28,32 @@ def test_recurrent_dropout_is_random_in_training_and_off_at_inference(cell):
 
 
 @pytest.mark.parametrize("field, value", [("dropout", 1.0), ("recurrent_dropout", -0.1),
-                                          ("recurrent_dropout", "0.2"), ("units", 0)])
+                                          ("recurrent_dropout", "0.2"), ("units", 0),
+                                          ("learned_start", "yes")])
 def test_bad_sizes_are_clear_errors(field, value):
     with pytest.raises(lstmgen.LstmgenError, match=field.replace("_", "-")):
         ModelConfig(**{field: value}).validate()
+
+
+def test_every_stream_starts_from_the_learned_start_state(trained_run):
+    model, _ = trained_run
+    lm = model.lm
+    # Training moved it off its zero initialisation: the gradient reaches it.
+    starts = [np.asarray(v.value) for v in lm.start.starts]
+    assert len(starts) == lm.num_states == 2 and all(np.abs(s).mean() > 1e-3 for s in starts)
+    x = np.asarray(model.tokenizer.encode("First Citizen:\nBefore we"), "int32")[None, :]
+    plain = np.asarray(lm.training_model(x))
+    from_start, *_ = lm.stateful_model.predict_on_batch([x, *(s[None, :] for s in starts)])
+    from_zeros, *_ = lm.stateful_model.predict_on_batch(
+        [x, *(np.zeros_like(s)[None, :] for s in starts)])
+    np.testing.assert_allclose(plain, from_start, atol=1e-5)
+    assert not np.allclose(plain[0, 0], from_zeros[0, 0], atol=1e-3)
+
+
+def test_runs_saved_before_the_learned_start_start_from_zeros():
+    old = ModelConfig.from_dict({"units": 16, "embedding_dim": 8})
+    assert old.learned_start is False and ModelConfig().learned_start is True
+    assert ModelConfig.from_dict(ModelConfig().to_dict()).learned_start is True
+    lm = LanguageModel(old, vocab_size=30)
+    assert lm.start is None
+    assert not any("start" in v.path for v in lm.training_model.weights)

@@ -8,11 +8,13 @@ ended in: truncated backpropagation through time, as char-rnn trains. Gradients 
 window boundary; the state flows on. This is also how the model is used afterwards —
 generation and evaluation carry the state through the whole text.
 
-Every generation, though, starts from a zero state, and a lane reaches one only at the start
-of an epoch: on a large corpus a model would almost never see it, and its first tokens after
-a short prime would be garbage. So at each window a random share of the lanes
-(``TrainConfig.state_reset``) starts again from zeros: the dataset draws the ``keep`` mask from
-(seed, epoch, batch) (:meth:`~lstmgen.dataset.WindowOrder.keep`), so resume stays exact.
+Every generation, though, starts from the model's start state (learned:
+:class:`~lstmgen.start_state.StartState`), and a lane reaches it only at the start of an epoch: on a
+large corpus a model would almost never see it, and its first tokens after a short prime
+would be garbage. So at each window a random share of the lanes (``TrainConfig.state_reset``)
+starts again from the start state, which those windows train: the dataset draws the ``keep``
+mask from (seed, epoch, batch) (:meth:`~lstmgen.dataset.WindowOrder.keep`), so resume stays
+exact.
 
 The states live in the non-trainable variables of a :class:`StateStore` layer in a second Keras
 model over the same layers (:func:`carried_training_model`), so ``fit``, the optimizer and the
@@ -35,7 +37,8 @@ class StateStore(keras.layers.Layer):
     """The recurrent states at the end of the last training batch.
 
     Called on the ``keep`` mask of a batch (shape ``(batch, 1)``: 1 carries a row's state on,
-    0 starts it from zeros) it reads them, the next window's initial states; called on
+    0 gives it zeros, to which the model adds its start state) it reads them, the next
+    window's initial states; called on
     ``[logits, *final_states]`` it stores the final states and passes the logits on. Both calls
     sit in the same graph, so one ``fit`` step reads, trains and writes.
 
@@ -97,7 +100,10 @@ def carried_training_model(lm, batch_size: int) -> keras.Model:
     store = StateStore(batch_size, lm.config.units, lm.num_states)
     tokens = keras.Input((None,), batch_size=batch_size, dtype="int32", name="tokens")
     keep = keras.Input((1,), batch_size=batch_size, dtype="float32", name="keep")
-    logits, final = lm.apply_from(tokens, store(keep))
+    states = store(keep)
+    if lm.start is not None:
+        states = lm.start(tokens, carried=states, keep=keep)
+    logits, final = lm.apply_from(tokens, states)
     logits = store([logits, *final])
     model = keras.Model([tokens, keep], logits, name="lstmgen_carried")
     model.state_store = store

@@ -39,7 +39,7 @@ EXAMPLES = {
 }
 
 MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "recurrent_dropout", "cell",
-              "softmax", "cutoffs", "tie_embeddings")
+              "softmax", "cutoffs", "tie_embeddings", "learned_start")
 TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
               "max_time", "schedule", "warmup_steps", "val_fraction", "val_tokens",
               "eval_every", "checkpoint_every", "early_stopping", "sample_length", "seed",
@@ -108,6 +108,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--tie-embeddings", action="store_true", default=None,
                    help="the output matrix is the embedding matrix (needs --embedding-dim "
                    "equal to --units)")
+    m.add_argument("--learned-start", action=argparse.BooleanOptionalAction, default=None,
+                   help="every stream (generation, a fresh training window) starts from a "
+                   "learned state, or from zeros (--no-learned-start) (on)")
     t = p.add_argument_group("training")
     t.add_argument("--tokenizer", choices=("char", "word", "bpe"), default=None,
                    help="token unit (char)")
@@ -130,7 +133,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,
                    help="carry the LSTM state from batch to batch along contiguous lanes of "
                    "the text (truncated BPTT; the default), or start each randomly drawn "
-                   "window from zeros (--no-carry-state)")
+                   "window from the start state (--no-carry-state)")
     t.add_argument("--state-reset", type=float, metavar="SHARE",
                    help="with the state carried: the share of lanes that start each window "
                    "from a fresh state, as generation does (0.3)")

@@ -1,9 +1,10 @@
 """Loss of a model on a stream of token ids: nats per token, bits per character, perplexity,
 and the fresh-start loss — how well the model predicts right after a short prime.
 
-Every generation starts from a zero state, but the loss with the state carried through the
-text never sees one. So each evaluation also scores windows of ``FRESH_START_TOKENS`` tokens,
-each read from a fresh (zero) state, one starting every ``FRESH_START_EVERY`` tokens of the
+Every generation starts from the model's start state (learned, or zeros for runs made before
+it; :class:`~lstmgen.start_state.StartState`), but the loss with the state carried through the text
+sees it once per stream. So each evaluation also scores windows of ``FRESH_START_TOKENS``
+tokens, each read from the start state, one starting every ``FRESH_START_EVERY`` tokens of the
 text (positions 0, 64, 128, ...): the mean loss of their predictions is the *fresh-start
 loss* (nats/token). A model trained without ever seeing a fresh state scores worse there than
 a model that knows only letter frequencies, whatever its carried loss.
@@ -167,10 +168,8 @@ class Evaluator:
         trainable = [local(v.value) for v in self.model.trainable_variables]
         non_trainable = [local(v.value) for v in self.model.non_trainable_variables]
         fresh = self.fresh_start(ids) if fresh_start else Evaluation(0.0, 0, 0)
-        units = self.lm.config.units
         total = 0.0
-        states = ([np.zeros((len(x), units), np.float32)] * self.lm.num_states
-                  if self.carry_state else [])
+        states = self.start_states(len(x)) if self.carry_state else []
         for start in range(0, x.shape[1], self.seq_len):
             part = slice(start, start + self.seq_len)
             nll, states = self._summed_nll(trainable, non_trainable, x[:, part], states,
@@ -182,9 +181,17 @@ class Evaluator:
             chars = int(round(chars * predicted / max(len(tokens) - 1, 1)))
         return Evaluation(nll=total, tokens=predicted, chars=chars, words=words) + fresh
 
+    def start_states(self, batch: int) -> list[np.ndarray]:
+        """The states every stream starts from (the model's learned start, or zeros)."""
+        units, start = self.lm.config.units, self.lm.start
+        if start is None:
+            return [np.zeros((batch, units), np.float32)] * self.lm.num_states
+        return [np.broadcast_to(np.asarray(local(s.value), np.float32), (batch, units)).copy()
+                for s in start.starts]
+
     def fresh_start(self, tokens: np.ndarray, offset: int = 0, rows: int = 512) -> Evaluation:
         """The fresh-start windows of ``tokens`` (module doc): windows of
-        ``FRESH_START_TOKENS + 1`` tokens from a zero state, starting at the positions that
+        ``FRESH_START_TOKENS + 1`` tokens from the start state, starting at the positions that
         are multiples of ``FRESH_START_EVERY`` (``offset`` is the position of ``tokens[0]``
         in the whole text); the rest of the result is zero."""
         k, every = FRESH_START_TOKENS, FRESH_START_EVERY

@@ -59,8 +59,9 @@ def check_block(block) -> int:
 
 def model_weights(lm) -> dict:
     """The current weights of a :class:`~lstmgen.model.LanguageModel` as host arrays:
-    ``{"embedding", "layers": [{"kernel", "recurrent", "bias"}], "head": [arrays]}``, the
-    output layer's variables in order (see :mod:`lstmgen.heads`)."""
+    ``{"embedding", "layers": [{"kernel", "recurrent", "bias"}], "head": [arrays], "start"}``,
+    the output layer's variables in order (see :mod:`lstmgen.heads`), ``start`` the learned
+    start states (:class:`~lstmgen.start_state.StartState`; ``None``: zeros)."""
     from lstmgen.distributed import local
 
     value = lambda variable: np.asarray(local(variable.value))  # noqa: E731
@@ -69,6 +70,7 @@ def model_weights(lm) -> dict:
         "layers": [{"kernel": value(rnn.cell.kernel), "recurrent": value(rnn.cell.recurrent_kernel),
                     "bias": value(rnn.cell.bias)} for rnn in lm.rnns],
         "head": [value(v) for v in lm.head.weights],
+        "start": None if lm.start is None else [value(v) for v in lm.start.starts],
     }
 
 
@@ -99,7 +101,8 @@ def checkpoint_weights(path, config: ModelConfig) -> dict:
             kernel, recurrent, bias = arrays(f"{config.cell}_{i}", "cell/vars")
             layers.append({"kernel": kernel, "recurrent": recurrent, "bias": bias})
         return {"embedding": arrays("embedding")[0], "layers": layers,
-                "head": arrays("logits")}
+                "head": arrays("logits"),
+                "start": arrays("start_state") if config.learned_start else None}
 
 
 def step_weights(weights: dict, config: ModelConfig) -> dict:
@@ -118,7 +121,8 @@ def step_weights(weights: dict, config: ModelConfig) -> dict:
             layer["table"] = weights["embedding"] @ kernel + input_bias
         layers.append(layer)
     tied = weights["embedding"] if config.tie_embeddings else None
-    return {"layers": layers, "head": list(weights["head"]), "tied": tied}
+    return {"layers": layers, "head": list(weights["head"]), "tied": tied,
+            "start": weights.get("start")}
 
 
 class Generator:
@@ -272,6 +276,13 @@ class Generator:
                 f"needs {len(shapes)}",
                 hint="the file is damaged or from another run; retrain or restore it")
         expected += list(zip(shapes, w["head"]))
+        if w["start"] is not None:
+            if len(w["start"]) != c.layers * c.states_per_layer:
+                raise LstmgenError(
+                    f"the checkpoint has {len(w['start'])} start states where the model needs "
+                    f"{c.layers * c.states_per_layer}",
+                    hint="the file is damaged or from another run; retrain or restore it")
+            expected += [((c.units,), s) for s in w["start"]]
         for shape, array in expected:
             if tuple(array.shape) != shape:
                 raise LstmgenError(
@@ -291,18 +302,21 @@ class Generator:
             ids = np.zeros(1, np.int32)
         return np.asarray(ids, np.int32)
 
-    def zero_states(self, batch: int):
-        """The starting point of every stream: zero states, and zero logits before any
-        token."""
+    def start_states(self, batch: int, weights: dict | None = None):
+        """The starting point of every stream: the model's start states (learned, or zeros
+        for a model without), and zero logits before any token."""
         c = self.config
-        states = [np.zeros((batch, c.units), np.float32)
-                  for _ in range(c.layers * c.states_per_layer)]
+        starts = (weights or self._weights())["start"]
+        if starts is None:
+            starts = [np.zeros(c.units, np.float32)] * (c.layers * c.states_per_layer)
+        states = [np.broadcast_to(np.asarray(s, np.float32), (batch, c.units)).copy()
+                  for s in starts]
         return states, np.zeros((batch, self.tokenizer.vocab_size), np.float32)
 
     def prime_states(self, primes: list[np.ndarray], weights: dict | None = None,
                      start=None):
         """Run each prime's tokens through the model from ``start`` (``(states, logits)``;
-        default zeros); returns the states and the last position's logits."""
+        default the start states); returns the states and the last position's logits."""
         weights = weights or self._weights()
         batch = len(primes)
         longest = max(len(p) for p in primes)
@@ -312,7 +326,7 @@ class Generator:
         for i, p in enumerate(primes):
             tokens[i, : len(p)] = p
             mask[i, : len(p)] = True
-        states, logits = start if start is not None else self.zero_states(batch)
+        states, logits = start if start is not None else self.start_states(batch, weights)
         return self._consume(weights, states, logits, tokens, mask)
 
     def seen_tokens(self, primes: list[np.ndarray]) -> np.ndarray:

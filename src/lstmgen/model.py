@@ -41,6 +41,9 @@ class ModelConfig:
     softmax: str = "auto"
     cutoffs: list[int] | None = None  # adaptive softmax clusters (default: heads.default_cutoffs)
     tie_embeddings: bool = False  # the output matrix is the embedding matrix
+    # Every stream (generation, a fresh training window, a reset lane) starts from a learned
+    # state instead of zeros (lstmgen.start_state).
+    learned_start: bool = True
 
     def validate(self) -> ModelConfig:
         for name in ("embedding_dim", "units", "layers"):
@@ -58,6 +61,9 @@ class ModelConfig:
         if self.softmax not in SOFTMAXES:
             raise LstmgenError(f"unknown softmax {self.softmax!r}",
                                hint=f"use one of {', '.join(SOFTMAXES)}")
+        if not isinstance(self.learned_start, bool):
+            raise LstmgenError(f"learned-start must be true or false, got "
+                               f"{self.learned_start!r}")
         if not isinstance(self.tie_embeddings, bool):
             raise LstmgenError(f"tie-embeddings must be true or false, got "
                                f"{self.tie_embeddings!r}")
@@ -100,7 +106,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
-        data = {"softmax": "full", **data}  # runs saved before the setting had a full softmax
+        # Runs saved before these settings had a full softmax and started from zeros.
+        data = {"softmax": "full", "learned_start": False, **data}
         return cls(**{k: v for k, v in data.items() if k in known}).validate()
 
     @property
@@ -156,6 +163,9 @@ class LanguageModel:
             config.softmax, config.cutoffs, vocab_size,
             embedding=self.embedding if config.tie_embeddings else None, initialize=initialize)
 
+        from lstmgen.start_state import StartState
+
+        self.start = StartState(config.units, self.num_states) if config.learned_start else None
         tokens = keras.Input((None,), dtype="int32", name="tokens")
         self.training_model = keras.Model(tokens, self._apply(tokens), name="lstmgen")
         self._stateful_model = None
@@ -186,8 +196,10 @@ class LanguageModel:
 
     def apply_from(self, tokens, states: list) -> tuple:
         """The layers on ``tokens`` from initial ``states`` (per layer: h, c for an LSTM);
-        returns the logits and the final states (``states=None``: from zeros)."""
+        returns the logits and the final states (``states=None``: from the start state)."""
         k = self.config.states_per_layer
+        if states is None and self.start is not None:
+            states = self.start(tokens)
         x, final = self.embedding(tokens), []
         for i, rnn in enumerate(self.rnns):
             kwargs = {"token_ids": tokens} if i == 0 and self._fold else {}

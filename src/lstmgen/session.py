@@ -40,7 +40,7 @@ class Session:
         self._key = prng_key(self.seed)
         self.block = check_block(generator.block if block is None else block)
         self._weights = generator._weights()
-        self._states, self._logits = generator.zero_states(1)
+        self._states, self._logits = generator.start_states(1, self._weights)
         self._seen = (generator.seen_tokens([np.zeros(0, np.int32)])
                       if self.sampling.penalizes else None)
         self._offset = 0  # tokens sampled so far: each draws its own noise

@@ -78,10 +78,11 @@ class TrainConfig:
     sample_length: int = 200
     seed: int = 0
     # Carry the recurrent state from batch to batch along lanes of the text (truncated
-    # backpropagation through time; lstmgen.carried_state) instead of zeros per window.
+    # backpropagation through time; lstmgen.carried_state) instead of the start state per
+    # window.
     carry_state: bool = True
-    # With carry_state: the share of lanes that start each window from a zero state, as every
-    # generation starts (see lstmgen.carried_state). Measured in bench/bench_fresh_start.py.
+    # With carry_state: the share of lanes that start each window from the model's start state,
+    # as every generation starts (lstmgen.carried_state). Measured in bench/bench_fresh_start.py.
     state_reset: float = 0.3
     tensorboard: bool = False
     encoding_errors: str = "strict"
