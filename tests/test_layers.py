@@ -131,7 +131,8 @@ def test_the_folded_embedding_is_the_same_maths(monkeypatch):
     loss_u, grads_u = model_grads(lm, x)
     assert len(lookups) == 1  # this time the product
     np.testing.assert_allclose(float(loss_f), float(loss_u), rtol=1e-6)
-    assert len(grads_f) == len(lm.training_model.trainable_variables) == 1 + 2 * 3 + 2
+    # embedding, 2 x (kernel, recurrent, bias), the output's 2, the 4 start states (h, c x 2)
+    assert len(grads_f) == len(lm.training_model.trainable_variables) == 1 + 2 * 3 + 2 + 4
     for a, b in zip(grads_u, grads_f):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
     assert np.abs(np.asarray(grads_f[0])).sum() > 0  # the embedding learns through the table

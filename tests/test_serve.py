@@ -79,7 +79,8 @@ def test_info(client, model):
     assert info["vocab_size"] == len(set(text)) == len(model.tokenizer.chars)
     units, emb, vocab = 32, 16, len(set(text))
     lstm = 4 * units * (emb + units + 1)
-    assert info["parameters"] == vocab * emb + lstm + units * vocab + vocab
+    start = 2 * units  # the learned start state: h and c
+    assert info["parameters"] == vocab * emb + lstm + units * vocab + vocab + start
     assert info["step"] == 20 and info["tokenizer"] == "char"
     best = read_state(model.run.checkpoint_path("best"))
     assert info["best_step"] == best["best_step"] > 0
