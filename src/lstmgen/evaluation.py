@@ -183,11 +183,11 @@ class Evaluator:
 
     def start_states(self, batch: int) -> list[np.ndarray]:
         """The states every stream starts from (the model's learned start, or zeros)."""
-        units, start = self.lm.config.units, self.lm.start
-        if start is None:
-            return [np.zeros((batch, units), np.float32)] * self.lm.num_states
-        return [np.broadcast_to(np.asarray(local(s.value), np.float32), (batch, units)).copy()
-                for s in start.starts]
+        from lstmgen.model import start_batch
+
+        lm = self.lm
+        starts = None if lm.start is None else [local(s.value) for s in lm.start.starts]
+        return start_batch(starts, batch, lm.config.units, lm.num_states)
 
     def fresh_start(self, tokens: np.ndarray, offset: int = 0, rows: int = 512) -> Evaluation:
         """The fresh-start windows of ``tokens`` (module doc): windows of

@@ -24,7 +24,7 @@ import numpy as np
 
 from lstmgen.errors import LstmgenError
 from lstmgen.heads import jax_ops, output_log_probs, output_shapes
-from lstmgen.model import ModelConfig
+from lstmgen.model import ModelConfig, start_batch
 from lstmgen.sampling import Sampling, filter_logits
 from lstmgen.stopping import StopFilter, stop_list
 
@@ -306,11 +306,8 @@ class Generator:
         """The starting point of every stream: the model's start states (learned, or zeros
         for a model without), and zero logits before any token."""
         c = self.config
-        starts = (weights or self._weights())["start"]
-        if starts is None:
-            starts = [np.zeros(c.units, np.float32)] * (c.layers * c.states_per_layer)
-        states = [np.broadcast_to(np.asarray(s, np.float32), (batch, c.units)).copy()
-                  for s in starts]
+        states = start_batch((weights or self._weights())["start"], batch, c.units,
+                             c.layers * c.states_per_layer)
         return states, np.zeros((batch, self.tokenizer.vocab_size), np.float32)
 
     def prime_states(self, primes: list[np.ndarray], weights: dict | None = None,

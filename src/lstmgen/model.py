@@ -119,6 +119,21 @@ def _host_zeros(shape, dtype=None):
     return np.zeros(shape, dtype or "float32")
 
 
+def start_batch(starts: list | None, batch: int, units: int, count: int) -> list[np.ndarray]:
+    """``count`` start states of shape ``(batch, units)`` from the learned start vectors
+    (``None``: zeros), as host arrays for the JAX programs that read streams.
+
+    Example:
+        >>> [a.shape for a in start_batch(None, batch=2, units=3, count=2)]
+        [(2, 3), (2, 3)]
+        >>> start_batch([np.arange(3.0)], batch=2, units=3, count=1)[0].tolist()
+        [[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]]
+    """
+    if starts is None:
+        return [np.zeros((batch, units), np.float32) for _ in range(count)]
+    return [np.broadcast_to(np.asarray(s, np.float32), (batch, units)).copy() for s in starts]
+
+
 class LanguageModel:
     """The layers of one model and the Keras training model over them.
 

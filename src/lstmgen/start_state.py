@@ -13,7 +13,6 @@ buy the same fresh-start loss and the lanes keep more of their long context
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
 
 NAME = "start_state"
@@ -28,6 +27,7 @@ class StartState(keras.layers.Layer):
     carried state must be zeros) it adds the start state to the restarting rows.
 
     Example:
+        >>> import numpy as np
         >>> start = StartState(units=3, count=2)
         >>> _ = start.starts[0].assign(np.ones(3, "float32"))
         >>> [tuple(s.shape) for s in start(np.zeros((4, 7), "int32"))]
@@ -41,9 +41,10 @@ class StartState(keras.layers.Layer):
     def __init__(self, units: int, count: int, **kwargs):
         super().__init__(name=kwargs.pop("name", NAME), **kwargs)
         self.units, self.count = units, count
-        # Host zeros: a JAX initializer compiles a small program, at every model build.
-        zeros = lambda shape, dtype=None: np.zeros(shape, dtype or "float32")  # noqa: E731
-        self.starts = [self.add_weight(shape=(units,), initializer=zeros, name=f"start_{i}")
+        from lstmgen.model import _host_zeros  # a JAX initializer compiles a small program
+
+        self.starts = [self.add_weight(shape=(units,), initializer=_host_zeros,
+                                       name=f"start_{i}")
                        for i in range(count)]
 
     def call(self, tokens, carried=None, keep=None):
