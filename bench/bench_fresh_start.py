@@ -9,7 +9,8 @@ run per variant —
   * ``0z``          the state carried, never reset, streams from zeros (lstmgen's default
                     before the fix),
   * ``R``           the state carried, a share R of the lanes restarted at each window from
-                    the learned start state (``Rz``: from zeros, as before it existed),
+                    the learned start state (``Rz``: from zeros, as before it existed);
+                    ``A/B``: a share A in the first epoch, B after it (the default: 0.05/0.3),
   * ``none``        every window from the start state (``--no-carry-state``),
 
 on tiny-shakespeare (nanoGPT split, seen ~10 times in 10 minutes) and on a corpus seen less
@@ -83,23 +84,26 @@ def unigram_entropy(train: str, val: str) -> float:
                 for c, n in collections.Counter(val).items()) / len(val)
 
 
-def variant_settings(name: str, default_reset: float) -> tuple[dict, dict]:
+def variant_settings(name: str) -> tuple[dict, dict]:
     """(training settings, model settings) of a variant: a reset share or ``none``, with
     ``z`` appended for streams that start from zeros instead of the learned start state."""
     model = {"learned_start": False} if name.endswith("z") else {}
     name = name.removesuffix("z")
     if name == "none":
         return {"carry_state": False}, model
-    return {"carry_state": True, "state_reset": float(name)}, model
+    first, _, later = name.partition("/")  # "A/B": A in the first epoch, B after it
+    return {"carry_state": True, "state_reset": float(later or first),
+            "first_epoch_reset": float(first)}, model
 
 
-def label(name: str, default_reset: float) -> str:
+def label(name: str, default_reset: str) -> str:
     zero = ", zero start" if name.endswith("z") else ""
     name = name.removesuffix("z")
     if name == "none":
         return "no carry" + zero
-    return (f"reset {float(name):g}" + zero
-            + (" (default)" if float(name) == default_reset and not zero else ""))
+    first, _, later = name.partition("/")
+    shares = f"{float(first):g}, then {float(later):g}" if later else f"{float(first):g}"
+    return f"reset {shares}" + zero + (" (default)" if name == default_reset else "")
 
 
 def main() -> None:
@@ -126,8 +130,9 @@ def main() -> None:
     budget = 60.0 if args.quick else args.budget
     import lstmgen
 
-    default_reset = lstmgen.TrainConfig().state_reset
-    variants = args.variants or ["0z", str(default_reset), "none"]
+    defaults = lstmgen.TrainConfig()
+    default_reset = f"{defaults.first_epoch_reset:g}/{defaults.state_reset:g}"
+    variants = args.variants or ["0z", default_reset, "none"]
     corpora = list(CORPORA) if args.corpus == "both" else [args.corpus]
     header(f"bench_fresh_start: carried vs fresh-start validation loss, {budget:.0f} s per run")
     results = []
@@ -159,7 +164,7 @@ def main() -> None:
                   f"unigram entropy of the validation text {unigram:.4f} nats/char; "
                   f"{rate:.2f} steps/s measured, cosine schedule of {steps} steps", flush=True)
             for name in variants:
-                training, model_settings = variant_settings(name, default_reset)
+                training, model_settings = variant_settings(name)
                 settings = dict(config, **training)
                 started = time.perf_counter()
                 trained = lstmgen.train(tmp / "train.txt", out=tmp / f"run-{name}",
@@ -180,7 +185,7 @@ def main() -> None:
                 results.append((corpus, label(name, default_reset), float(best["val_loss"]),
                                 float(best["val_fresh_start"]), unigram, share,
                                 int(rows[-1]["step"]), float(rows[-1]["epoch"]), wall))
-                print(f"  {label(name, default_reset):18s} carried {float(best['val_loss']):.4f}"
+                print(f"  {label(name, default_reset):26s} carried {float(best['val_loss']):.4f}"
                       f"  fresh start {float(best['val_fresh_start']):.4f}  (step "
                       f"{best['step']} of {rows[-1]['step']}, epoch {float(rows[-1]['epoch']):.2f}"
                       f", {wall:.0f} s)\n      curve: "

@@ -112,7 +112,27 @@ def test_runs_saved_before_carry_state_existed_resume_without_it():
     old = lstmgen.TrainConfig.from_dict({"batch_size": 8, "epochs": 3})
     assert old.epochs == 3 and lstmgen.TrainConfig.from_dict({}).epoch_limit == 10
     assert lstmgen.TrainConfig.from_dict({"batch_size": 8}).carry_state is False
+    # Runs saved before the first pass had its own share restart it at state_reset.
+    before = lstmgen.TrainConfig.from_dict({"carry_state": True, "state_reset": 0.3})
+    assert before.reset_share(0) == before.reset_share(1) == 0.3
     assert lstmgen.TrainConfig.from_dict(lstmgen.TrainConfig().to_dict()) == lstmgen.TrainConfig()
+
+
+def test_the_first_pass_over_the_text_restarts_its_own_share_of_lanes(tmp_path, small_text,
+                                                                      monkeypatch):
+    shares = []
+
+    class Recording(lstmgen.training.WindowDataset):
+        def __init__(self, *args, **kwargs):
+            shares.append((kwargs["epoch"], kwargs["state_reset"]))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(lstmgen.training, "WindowDataset", Recording)
+    lstmgen.train(small_text, out=tmp_path / "run", model=TINY, batch_size=8, seq_len=32,
+                  epochs=3, sample_length=0, verbose=0, first_epoch_reset=0.1,
+                  state_reset=0.4)
+    assert shares == [(0, 0.1), (1, 0.4), (2, 0.4)]
+    assert lstmgen.TrainConfig(first_epoch_reset=None, state_reset=0.4).reset_share(0) == 0.4
 
 
 def test_bad_settings_are_one_line_errors(tmp_path, small_text):
@@ -122,6 +142,10 @@ def test_bad_settings_are_one_line_errors(tmp_path, small_text):
         lstmgen.train(small_text, out=tmp_path / "a", seq_len=-5)
     with pytest.raises(LstmgenError, match="carry-state must be true or false"):
         lstmgen.train(small_text, out=tmp_path / "a", carry_state="yes")
+    with pytest.raises(LstmgenError, match=r"first-epoch-reset must be a share in \[0, 1\]"):
+        lstmgen.train(small_text, out=tmp_path / "a", first_epoch_reset=1.5)
+    with pytest.raises(LstmgenError, match="state-reset must be a share"):
+        lstmgen.train(small_text, out=tmp_path / "a", state_reset=-0.1)
     with pytest.raises(LstmgenError, match="epochs must be a positive integer"):
         lstmgen.train(small_text, out=tmp_path / "a", epochs=0)
     with pytest.raises(LstmgenError, match="units must be a positive integer"):

@@ -11,10 +11,14 @@ generation and evaluation carry the state through the whole text.
 Every generation, though, starts from the model's start state (learned:
 :class:`~lstmgen.start_state.StartState`), and a lane reaches it only at the start of an epoch: on a
 large corpus a model would almost never see it, and its first tokens after a short prime
-would be garbage. So at each window a random share of the lanes (``TrainConfig.state_reset``)
-starts again from the start state, which those windows train: the dataset draws the ``keep``
-mask from (seed, epoch, batch) (:meth:`~lstmgen.dataset.WindowOrder.keep`), so resume stays
-exact.
+would be garbage. So at each window a random share of the lanes starts again from the start
+state, which those windows train: the dataset draws the ``keep`` mask from (seed, epoch,
+batch) (:meth:`~lstmgen.dataset.WindowOrder.keep`), so resume stays exact. The share is small
+in the first pass over the text (``TrainConfig.first_epoch_reset``, 0.05), where every window
+is new text and a broken lane costs the carried loss most, and larger after it
+(``state_reset``, 0.3; :meth:`~lstmgen.training.TrainConfig.reset_share`). Reading some lanes'
+windows a second time from the start state as extra rows, which leaves every lane unbroken,
+did worse on both counts (``bench/RESULTS.md``, "Fresh start").
 
 The states live in the non-trainable variables of a :class:`StateStore` layer in a second Keras
 model over the same layers (:func:`carried_training_model`), so ``fit``, the optimizer and the

@@ -43,7 +43,8 @@ MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "recurrent_dropout"
 TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
               "max_time", "schedule", "warmup_steps", "val_fraction", "val_tokens",
               "eval_every", "checkpoint_every", "early_stopping", "sample_length", "seed",
-              "carry_state", "state_reset", "tensorboard", "encoding_errors")
+              "carry_state", "state_reset", "first_epoch_reset", "tensorboard",
+              "encoding_errors")
 
 
 def _positive_int(text: str) -> int:
@@ -136,7 +137,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "window from the start state (--no-carry-state)")
     t.add_argument("--state-reset", type=float, metavar="SHARE",
                    help="with the state carried: the share of lanes that start each window "
-                   "from a fresh state, as generation does (0.3)")
+                   "from the start state, as generation does, from the second pass over the "
+                   "text on (0.3)")
+    t.add_argument("--first-epoch-reset", type=float, metavar="SHARE",
+                   help="the same in the first pass, where every window is new text and the "
+                   "carried context is worth the most (0.05)")
     t.add_argument("--val", nargs="+", default=None, metavar="PATH",
                    help="validation corpus (default: the last --val-fraction of the text)")
     t.add_argument("--val-fraction", type=float, help="held-out share of the text (0.05)")

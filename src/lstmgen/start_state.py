@@ -1,8 +1,8 @@
 """The learned state every stream starts from.
 
 A generation starts from one state whatever its prime, and so does every fresh training
-window (``--no-carry-state``), every lane restarted by ``--state-reset``
-(:mod:`lstmgen.carried_state`) and every evaluation stream. Zeros are a state the network
+window (``--no-carry-state``), every lane that ``--state-reset`` or ``--first-epoch-reset``
+restarts (:mod:`lstmgen.carried_state`) and every evaluation stream. Zeros are a state the network
 never produces itself; a learned start (one trainable vector per recurrent state: h and c of
 each LSTM layer) lets the restarted windows teach the model where to begin, so fewer of them
 buy the same fresh-start loss and the lanes keep more of their long context
