@@ -170,7 +170,25 @@ def _on_gpu() -> bool:
     return jax.default_backend() == "gpu"
 
 
+def _native_recurrence(zs, recurrent, rec_mask):
+    """The native kernel's recurrence (:mod:`lstmgen.native`) where it applies: no
+    recurrent dropout, float32, ``LSTMGEN_NATIVE`` not "0", and the library loads (if it
+    does not, one line on stderr, once, and the JAX loop)."""
+    import os
+
+    if rec_mask is not None or os.environ.get("LSTMGEN_NATIVE", "1") == "0":
+        return None
+    if zs.dtype != "float32" or recurrent.dtype != "float32":
+        return None
+    from lstmgen import native
+
+    return native.recurrence_or_none()
+
+
 def _recurrence(zs, h0, c0, recurrent, bias, rec_mask=None):
+    native = _native_recurrence(zs, recurrent, rec_mask)
+    if native is not None:
+        return native(zs, h0, c0, recurrent, bias)
     global _RECURRENCE
     if _RECURRENCE is None:
         _RECURRENCE = _make_recurrence()
