@@ -5,12 +5,12 @@ Per configuration:
 
 - training step, tokens/s, ``Embedding -> LSTM -> Dense(65)`` with Adam (clipnorm 5), the
   model and step of ``bench_training.py``: ``jax`` (FusedLSTM, ``LSTMGEN_NATIVE=0``),
-  ``native`` (FusedLSTM on the native kernel, OpenBLAS on all CPUs), ``native1`` (the same,
-  OpenBLAS on one thread), ``torch`` (``nn.LSTM``, all CPUs' threads), ``torch1`` (one
-  thread; with ``--torch1``);
+  ``native`` (FusedLSTM on the native kernel, OpenBLAS on one thread, the default),
+  ``nativeN`` (the same, OpenBLAS on all CPUs), ``torch`` (``nn.LSTM``, all CPUs'
+  threads), ``torch1`` (one thread);
 - the recurrence alone, forward + backward (``jax.grad`` of a loss of ``hs``, ``h``, ``c``
   with respect to ``zs``, ``h0``, ``c0``, recurrent, bias), jitted: ``jax`` vs ``native``
-  (and ``native1``); and the forward alone.
+  (and ``nativeN``); and the forward alone.
 
 Configurations: H = 256 and 512 with embedding 128, batch 64 x 128 (``bench_training.py``'s)
 and the CLI's default model (embedding 64, LSTM 384, batch 32 x 64).
@@ -52,20 +52,21 @@ def with_native(enabled: bool, make):
             os.environ["LSTMGEN_NATIVE"] = previous
 
 
-def one_blas_thread(fn, threads: int):
+def blas_threads(fn, threads: int, default: int):
+    """``fn`` run with the native kernel's OpenBLAS on ``threads`` threads."""
     from lstmgen import native
 
     def run():
-        native.set_blas_threads(1)
+        native.set_blas_threads(threads)
         try:
             return fn()
         finally:
-            native.set_blas_threads(threads)
+            native.set_blas_threads(default)
 
     return run
 
 
-def recurrence_steps(units: int, batch: int, seq: int, threads: int):
+def recurrence_steps(units: int, batch: int, seq: int, threads: int, all_cpus: int):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -97,7 +98,7 @@ def recurrence_steps(units: int, batch: int, seq: int, threads: int):
     for kind, wrap in (("fwd+bwd", grad_of), ("fwd", forward_of)):
         for name, fn in impls.items():
             steps[f"{kind} {name}"] = wrap(fn)
-        steps[f"{kind} native1"] = one_blas_thread(steps[f"{kind} native"], threads)
+        steps[f"{kind} nativeN"] = blas_threads(steps[f"{kind} native"], all_cpus, threads)
     return steps
 
 
@@ -105,7 +106,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    parser.add_argument("--torch1", action="store_true", help="also PyTorch on one thread")
     parser.add_argument("--no-recurrence", action="store_true",
                         help="skip the recurrence-alone measurements")
     parser.add_argument("--hugepages", action=argparse.BooleanOptionalAction, default=True)
@@ -121,7 +121,8 @@ def main() -> None:
     print(f"native: {info}")
     if not info["available"]:
         sys.exit("native kernel unavailable")
-    threads = info["blas_threads"]
+    threads = info["blas_threads"]  # the kernel's default (LSTMGEN_NATIVE_THREADS, else 1)
+    all_cpus = bt._threads()
     torch = bt._torch()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads" if torch
           else "torch not installed", flush=True)
@@ -134,10 +135,11 @@ def main() -> None:
               flush=True)
         steps = {"jax": with_native(False, lambda: bt.keras_step(units, stock=False)),
                  "native": with_native(True, lambda: bt.keras_step(units, stock=False))}
-        steps["native1"] = one_blas_thread(steps["native"], threads)
+        if all_cpus != threads:
+            steps["nativeN"] = blas_threads(steps["native"], all_cpus, threads)
         if torch is not None:
-            steps["torch"] = bt.torch_step(units, bt._threads())
-            if args.torch1:
+            steps["torch"] = bt.torch_step(units, all_cpus)
+            if all_cpus > 1:
                 steps["torch1"] = bt.torch_step(units, 1)
         times = interleaved(steps, args.repeats, warmup=2)
         print(f"{'train step':16s} {'s/step':>8s} {'tokens/s':>10s}")
@@ -146,7 +148,7 @@ def main() -> None:
         results[name] = times
         del steps
         if not args.no_recurrence:
-            rec = interleaved(recurrence_steps(units, batch, seq, threads), args.repeats,
+            rec = interleaved(recurrence_steps(units, batch, seq, threads, all_cpus), args.repeats,
                               warmup=2)
             print(f"{'recurrence':16s} {'s/call':>8s}")
             for impl, seconds in rec.items():
@@ -157,8 +159,9 @@ def main() -> None:
     print("ratios (speed-up, > 1: the first is faster):")
     for name in args.only:
         t = results[name]
-        parts = [f"native/jax {t['jax'] / t['native']:.2f}x",
-                 f"native1/jax {t['jax'] / t['native1']:.2f}x"]
+        parts = [f"native/jax {t['jax'] / t['native']:.2f}x"]
+        if "nativeN" in t:
+            parts.append(f"nativeN/jax {t['jax'] / t['nativeN']:.2f}x")
         if "torch" in t:
             parts += [f"native/torch {t['torch'] / t['native']:.2f}x",
                       f"jax/torch {t['torch'] / t['jax']:.2f}x"]
@@ -169,9 +172,9 @@ def main() -> None:
         if r:
             print(f"  {name} recurrence: fwd+bwd native/jax "
                   f"{r['fwd+bwd jax'] / r['fwd+bwd native']:.2f}x "
-                  f"(native1 {r['fwd+bwd jax'] / r['fwd+bwd native1']:.2f}x), fwd native/jax "
+                  f"(nativeN {r['fwd+bwd jax'] / r['fwd+bwd nativeN']:.2f}x), fwd native/jax "
                   f"{r['fwd jax'] / r['fwd native']:.2f}x "
-                  f"(native1 {r['fwd jax'] / r['fwd native1']:.2f}x)")
+                  f"(nativeN {r['fwd jax'] / r['fwd nativeN']:.2f}x)")
     print(f"\nend: {load()}")
 
 

@@ -23,6 +23,10 @@ and so does a GPU, where Keras runs cuDNN's LSTM.
 ``bench/bench_training.py`` (2-core CPU): 1.09-1.27x the stock layer's training speed with
 one layer and no recurrent dropout (1.13x on the CLI's default model), 1.27x with recurrent
 dropout, 1.50x with two layers and recurrent dropout (``bench/RESULTS.md``).
+
+Without recurrent dropout, the time loop runs in a native kernel when it builds and loads
+(:mod:`lstmgen.native`, a prototype: one XLA FFI call per loop, OpenBLAS's sgemm per step,
+the gate maths fused in C++); ``LSTMGEN_NATIVE=0`` keeps the JAX loop.
 """
 
 from __future__ import annotations

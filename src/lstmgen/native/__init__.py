@@ -10,8 +10,9 @@ single XLA products over all timesteps.
 The library is compiled on first use when it is missing or older than its source (see
 :mod:`lstmgen.native.build`; ``LSTMGEN_NATIVE_BUILD=0`` forbids that); if it cannot be
 built or loaded, :func:`recurrence_or_none` says so once on stderr and returns ``None``.
-``LSTMGEN_NATIVE_THREADS=N`` sets OpenBLAS's thread count (default: OpenBLAS's own, the
-number of CPUs).
+``LSTMGEN_NATIVE_THREADS=N`` sets OpenBLAS's thread count (default 1; this OpenBLAS is the
+``scipy-openblas32`` wheel's own copy, not numpy's or scipy's, so the setting is the
+kernel's alone).
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def _load():
     lib.lstmgen_gate_variant.restype = ctypes.c_char_p
     lib.lstmgen_set_blas_threads.argtypes = [ctypes.c_int]
     lib.lstmgen_get_blas_threads.restype = ctypes.c_int
-    threads = os.environ.get("LSTMGEN_NATIVE_THREADS")
-    if threads:
-        lib.lstmgen_set_blas_threads(int(threads))
+    # One thread by default: the per-step products are small (batch rows), OpenBLAS's
+    # workers busy-wait between them, and XLA's own pool runs beside the call
+    # (bench/bench_native_lstm.py: all CPUs' threads were many times slower on a loaded
+    # 2-core machine).
+    lib.lstmgen_set_blas_threads(int(os.environ.get("LSTMGEN_NATIVE_THREADS", "1")))
 
     import jax
 
