@@ -5,12 +5,13 @@ Per configuration:
 
 - training step, tokens/s, ``Embedding -> LSTM -> Dense(65)`` with Adam (clipnorm 5), the
   model and step of ``bench_training.py``: ``jax`` (FusedLSTM, ``LSTMGEN_NATIVE=0``),
-  ``native`` (FusedLSTM on the native kernel, OpenBLAS on one thread, the default),
-  ``nativeN`` (the same, OpenBLAS on all CPUs), ``torch`` (``nn.LSTM``, all CPUs'
+  ``native`` (FusedLSTM on the native kernel, its default: the batch rows split over one
+  worker thread per CPU, OpenBLAS single-threaded in each), ``native1`` (one worker),
+  ``torch`` (``nn.LSTM``, all CPUs'
   threads), ``torch1`` (one thread);
 - the recurrence alone, forward + backward (``jax.grad`` of a loss of ``hs``, ``h``, ``c``
   with respect to ``zs``, ``h0``, ``c0``, recurrent, bias), jitted: ``jax`` vs ``native``
-  (and ``nativeN``); and the forward alone.
+  (and ``native1``); and the forward alone.
 
 Configurations: H = 256 and 512 with embedding 128, batch 64 x 128 (``bench_training.py``'s)
 and the CLI's default model (embedding 64, LSTM 384, batch 32 x 64).
@@ -52,21 +53,21 @@ def with_native(enabled: bool, make):
             os.environ["LSTMGEN_NATIVE"] = previous
 
 
-def blas_threads(fn, threads: int, default: int):
-    """``fn`` run with the native kernel's OpenBLAS on ``threads`` threads."""
+def worker_threads(fn, threads: int, default: int):
+    """``fn`` run with the native kernel on ``threads`` worker threads."""
     from lstmgen import native
 
     def run():
-        native.set_blas_threads(threads)
+        native.set_threads(threads)
         try:
             return fn()
         finally:
-            native.set_blas_threads(default)
+            native.set_threads(default)
 
     return run
 
 
-def recurrence_steps(units: int, batch: int, seq: int, threads: int, all_cpus: int):
+def recurrence_steps(units: int, batch: int, seq: int, threads: int):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -98,7 +99,8 @@ def recurrence_steps(units: int, batch: int, seq: int, threads: int, all_cpus: i
     for kind, wrap in (("fwd+bwd", grad_of), ("fwd", forward_of)):
         for name, fn in impls.items():
             steps[f"{kind} {name}"] = wrap(fn)
-        steps[f"{kind} nativeN"] = blas_threads(steps[f"{kind} native"], all_cpus, threads)
+        if threads > 1:
+            steps[f"{kind} native1"] = worker_threads(steps[f"{kind} native"], 1, threads)
     return steps
 
 
@@ -121,7 +123,7 @@ def main() -> None:
     print(f"native: {info}")
     if not info["available"]:
         sys.exit("native kernel unavailable")
-    threads = info["blas_threads"]  # the kernel's default (LSTMGEN_NATIVE_THREADS, else 1)
+    threads = info["threads"]  # the kernel's workers (LSTMGEN_NATIVE_THREADS, else all CPUs)
     all_cpus = bt._threads()
     torch = bt._torch()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads" if torch
@@ -135,8 +137,8 @@ def main() -> None:
               flush=True)
         steps = {"jax": with_native(False, lambda: bt.keras_step(units, stock=False)),
                  "native": with_native(True, lambda: bt.keras_step(units, stock=False))}
-        if all_cpus != threads:
-            steps["nativeN"] = blas_threads(steps["native"], all_cpus, threads)
+        if threads > 1:
+            steps["native1"] = worker_threads(steps["native"], 1, threads)
         if torch is not None:
             steps["torch"] = bt.torch_step(units, all_cpus)
             if all_cpus > 1:
@@ -148,7 +150,7 @@ def main() -> None:
         results[name] = times
         del steps
         if not args.no_recurrence:
-            rec = interleaved(recurrence_steps(units, batch, seq, threads, all_cpus), args.repeats,
+            rec = interleaved(recurrence_steps(units, batch, seq, threads), args.repeats,
                               warmup=2)
             print(f"{'recurrence':16s} {'s/call':>8s}")
             for impl, seconds in rec.items():
@@ -160,8 +162,8 @@ def main() -> None:
     for name in args.only:
         t = results[name]
         parts = [f"native/jax {t['jax'] / t['native']:.2f}x"]
-        if "nativeN" in t:
-            parts.append(f"nativeN/jax {t['jax'] / t['nativeN']:.2f}x")
+        if "native1" in t:
+            parts.append(f"native1/jax {t['jax'] / t['native1']:.2f}x")
         if "torch" in t:
             parts += [f"native/torch {t['torch'] / t['native']:.2f}x",
                       f"jax/torch {t['torch'] / t['jax']:.2f}x"]
@@ -170,11 +172,11 @@ def main() -> None:
         print(f"  {name} train step: " + ", ".join(parts))
         r = results.get(name + " recurrence")
         if r:
+            one = lambda k: (f" (native1 {r[k + ' jax'] / r[k + ' native1']:.2f}x)"  # noqa: E731
+                             if k + " native1" in r else "")
             print(f"  {name} recurrence: fwd+bwd native/jax "
-                  f"{r['fwd+bwd jax'] / r['fwd+bwd native']:.2f}x "
-                  f"(nativeN {r['fwd+bwd jax'] / r['fwd+bwd nativeN']:.2f}x), fwd native/jax "
-                  f"{r['fwd jax'] / r['fwd native']:.2f}x "
-                  f"(nativeN {r['fwd jax'] / r['fwd nativeN']:.2f}x)")
+                  f"{r['fwd+bwd jax'] / r['fwd+bwd native']:.2f}x{one('fwd+bwd')}, "
+                  f"fwd native/jax {r['fwd jax'] / r['fwd native']:.2f}x{one('fwd')}")
     print(f"\nend: {load()}")
 
 

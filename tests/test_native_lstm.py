@@ -41,7 +41,9 @@ def value_and_grads(recurrence):
     return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))
 
 
-@pytest.mark.parametrize("shape", [(7, 3, 4), (1, 1, 1), (12, 5, 33), (20, 8, 64)])
+# Batches of 16 rows and more are split over worker threads (at least 8 rows each).
+@pytest.mark.parametrize("shape", [(7, 3, 4), (1, 1, 1), (12, 5, 33), (20, 8, 64),
+                                   (6, 21, 16), (9, 64, 32)])
 @pytest.mark.parametrize("jit", [False, True])
 def test_outputs_states_and_gradients_equal_the_jax_loop(shape, jit):
     args = inputs(*shape)
@@ -56,6 +58,20 @@ def test_outputs_states_and_gradients_equal_the_jax_loop(shape, jit):
     for name, a, b in zip(names, grads_n, grads_j):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL, rtol=TOL,
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("threads", [1, 3, 5])
+def test_any_number_of_worker_threads(threads):
+    args = inputs(6, 43, 8, seed=2)
+    default = native.info()["threads"]
+    native.set_threads(threads)
+    try:
+        got = jax.jit(value_and_grads(native.recurrence_or_none()))(*args)
+    finally:
+        native.set_threads(default)
+    want = value_and_grads(jax_loop())(*args)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL, rtol=TOL)
 
 
 def test_saturated_gates():

@@ -10,9 +10,10 @@ single XLA products over all timesteps.
 The library is compiled on first use when it is missing or older than its source (see
 :mod:`lstmgen.native.build`; ``LSTMGEN_NATIVE_BUILD=0`` forbids that); if it cannot be
 built or loaded, :func:`recurrence_or_none` says so once on stderr and returns ``None``.
-``LSTMGEN_NATIVE_THREADS=N`` sets OpenBLAS's thread count (default 1; this OpenBLAS is the
-``scipy-openblas32`` wheel's own copy, not numpy's or scipy's, so the setting is the
-kernel's alone).
+``LSTMGEN_NATIVE_THREADS=N``: worker threads, each running the whole loop on its share
+of the batch rows (default: the CPUs this process may use; at least 8 rows each).
+OpenBLAS runs on one thread inside each (``LSTMGEN_NATIVE_BLAS_THREADS`` to change; this
+OpenBLAS is the ``scipy-openblas32`` wheel's own copy, not numpy's or scipy's).
 """
 
 from __future__ import annotations
@@ -41,17 +42,25 @@ def _load():
     lib.lstmgen_gate_variant.restype = ctypes.c_char_p
     lib.lstmgen_set_blas_threads.argtypes = [ctypes.c_int]
     lib.lstmgen_get_blas_threads.restype = ctypes.c_int
-    # One thread by default: the per-step products are small (batch rows), OpenBLAS's
-    # workers busy-wait between them, and XLA's own pool runs beside the call
-    # (bench/bench_native_lstm.py: all CPUs' threads were many times slower on a loaded
-    # 2-core machine).
-    lib.lstmgen_set_blas_threads(int(os.environ.get("LSTMGEN_NATIVE_THREADS", "1")))
-
+    lib.lstmgen_set_threads.argtypes = [ctypes.c_int]
+    lib.lstmgen_get_threads.restype = ctypes.c_int
+    # OpenBLAS on one thread: its workers busy-wait between the small per-step products
+    # (many times slower on a loaded 2-core machine, bench/bench_native_lstm.py). The
+    # kernel's own workers split the batch rows instead, with no synchronisation per step.
+    lib.lstmgen_set_blas_threads(int(os.environ.get("LSTMGEN_NATIVE_BLAS_THREADS", "1")))
+    lib.lstmgen_set_threads(int(os.environ.get("LSTMGEN_NATIVE_THREADS", 0)) or _cpus())
     import jax
 
     jax.ffi.register_ffi_target(FWD_TARGET, jax.ffi.pycapsule(lib.LstmFwd), platform="cpu")
     jax.ffi.register_ffi_target(BWD_TARGET, jax.ffi.pycapsule(lib.LstmBwd), platform="cpu")
     return lib
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def library():
@@ -74,13 +83,15 @@ def info() -> dict:
     if lib is None:
         return {"available": False, "error": repr(_STATE.get("error"))}
     return {"available": True, "gate_variant": lib.lstmgen_gate_variant().decode(),
+            "threads": lib.lstmgen_get_threads(),
             "blas_threads": lib.lstmgen_get_blas_threads()}
 
 
-def set_blas_threads(n: int) -> None:
+def set_threads(n: int) -> None:
+    """The number of worker threads over batch rows (read at each call of the kernel)."""
     lib = library()
     if lib is not None:
-        lib.lstmgen_set_blas_threads(int(n))
+        lib.lstmgen_set_threads(int(n))
 
 
 def _make_recurrence():

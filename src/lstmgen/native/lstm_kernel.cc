@@ -9,13 +9,20 @@
 //                                           h_last (B,H), c_last (B,H)
 //   lstm_bwd(acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent) -> dz (T,B,4H), dh0, dc0
 //
+// The batch rows are split across worker threads (lstmgen_set_threads), each running the
+// whole loop on its rows; OpenBLAS runs single-threaded inside each.
+//
 // The gate loops are compiled twice, for the baseline x86-64 and for AVX2+FMA, and picked
 // once at load time from the CPU's features (no -march=native in the build).
 
 #include <cblas.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <thread>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -151,6 +158,29 @@ Dispatch& dispatch() {
   return d;
 }
 
+// Batch rows are independent through the whole loop (row b of h_t depends only on row b of
+// h_{t-1}), so the rows are split into contiguous chunks, one per worker thread, each
+// running all T steps with no synchronisation between steps: no busy-waiting, and a worker
+// slowed by other load delays only its own chunk. OpenBLAS itself runs on one thread.
+std::atomic<int> g_threads{1};
+
+template <typename F>
+void for_row_chunks(int64_t B, F&& body) {
+  // At least 8 rows per chunk: fewer make the sgemm inefficient.
+  int64_t n = std::max<int64_t>(1, std::min<int64_t>(g_threads.load(), B / 8));
+  if (n == 1) {
+    body(int64_t{0}, B);
+    return;
+  }
+  std::vector<std::thread> workers;
+  workers.reserve(n - 1);
+  for (int64_t k = 1; k < n; ++k) {
+    workers.emplace_back([&, k] { body(B * k / n, B * (k + 1) / n); });
+  }
+  body(int64_t{0}, B / n);
+  for (auto& w : workers) w.join();
+}
+
 ffi::Error LstmFwdImpl(ffi::Buffer<ffi::F32> zs, ffi::Buffer<ffi::F32> h0,
                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> recurrent,
                        ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> hs,
@@ -170,25 +200,33 @@ ffi::Error LstmFwdImpl(ffi::Buffer<ffi::F32> zs, ffi::Buffer<ffi::F32> h0,
   const float* z = zs.typed_data();
   const float* R = recurrent.typed_data();
   const float* bs = bias.typed_data();
+  const float* h0d = h0.typed_data();
+  const float* c0d = c0.typed_data();
   float* hsd = hs->typed_data();
   float* csd = cs->typed_data();
   float* ad = acts->typed_data();
+  float* hl = h_last->typed_data();
+  float* cl = c_last->typed_data();
   const Dispatch& d = dispatch();
-  const float* h_prev = h0.typed_data();
-  const float* c_prev = c0.typed_data();
-  for (int64_t t = 0; t < T; ++t) {
-    float* a = ad + t * B * G;
-    // a = h_prev @ recurrent   (B,H) x (H,4H)
-    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)G, (int)H, 1.0f,
-                h_prev, (int)H, R, (int)G, 0.0f, a, (int)G);
-    float* c_out = csd + t * B * H;
-    float* h_out = hsd + t * B * H;
-    d.fwd(B, H, z + t * B * G, bs, a, c_prev, c_out, h_out);
-    h_prev = h_out;
-    c_prev = c_out;
-  }
-  std::memcpy(h_last->typed_data(), h_prev, sizeof(float) * B * H);
-  std::memcpy(c_last->typed_data(), c_prev, sizeof(float) * B * H);
+  for_row_chunks(B, [&](int64_t b0, int64_t b1) {
+    const int64_t M = b1 - b0;
+    if (M <= 0) return;
+    const float* h_prev = h0d + b0 * H;
+    const float* c_prev = c0d + b0 * H;
+    for (int64_t t = 0; t < T; ++t) {
+      float* a = ad + (t * B + b0) * G;
+      // a = h_prev @ recurrent   (M,H) x (H,4H)
+      scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)G, (int)H,
+                        1.0f, h_prev, (int)H, R, (int)G, 0.0f, a, (int)G);
+      float* c_out = csd + (t * B + b0) * H;
+      float* h_out = hsd + (t * B + b0) * H;
+      d.fwd(M, H, z + (t * B + b0) * G, bs, a, c_prev, c_out, h_out);
+      h_prev = h_out;
+      c_prev = c_out;
+    }
+    std::memcpy(hl + b0 * H, h_prev, sizeof(float) * M * H);
+    std::memcpy(cl + b0 * H, c_prev, sizeof(float) * M * H);
+  });
   return ffi::Error::Success();
 }
 
@@ -210,23 +248,31 @@ ffi::Error LstmBwdImpl(ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> cs,
   }
   const float* a = acts.typed_data();
   const float* c = cs.typed_data();
+  const float* c0d = c0.typed_data();
   const float* dho = d_hs.typed_data();
   const float* R = recurrent.typed_data();
   float* dzd = dz->typed_data();
   // The carries live in the outputs: dh (gradient of h_t from step t+1) and dc.
-  float* dh = dh0->typed_data();
-  float* dc = dc0->typed_data();
-  std::memcpy(dh, d_h_last.typed_data(), sizeof(float) * B * H);
-  std::memcpy(dc, d_c_last.typed_data(), sizeof(float) * B * H);
+  float* dh_all = dh0->typed_data();
+  float* dc_all = dc0->typed_data();
+  std::memcpy(dh_all, d_h_last.typed_data(), sizeof(float) * B * H);
+  std::memcpy(dc_all, d_c_last.typed_data(), sizeof(float) * B * H);
   const Dispatch& d = dispatch();
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const float* c_prev = t > 0 ? c + (t - 1) * B * H : c0.typed_data();
-    float* dz_t = dzd + t * B * G;
-    d.bwd(B, H, a + t * B * G, c_prev, c + t * B * H, dho + t * B * H, dh, dc, dz_t);
-    // dh = dz_t @ recurrent^T   (B,4H) x (4H,H)
-    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)B, (int)H, (int)G, 1.0f, dz_t,
-                (int)G, R, (int)G, 0.0f, dh, (int)H);
-  }
+  for_row_chunks(B, [&](int64_t b0, int64_t b1) {
+    const int64_t M = b1 - b0;
+    if (M <= 0) return;
+    float* dh = dh_all + b0 * H;
+    float* dc = dc_all + b0 * H;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const float* c_prev = t > 0 ? c + ((t - 1) * B + b0) * H : c0d + b0 * H;
+      float* dz_t = dzd + (t * B + b0) * G;
+      d.bwd(M, H, a + (t * B + b0) * G, c_prev, c + (t * B + b0) * H, dho + (t * B + b0) * H,
+            dh, dc, dz_t);
+      // dh = dz_t @ recurrent^T   (M,4H) x (4H,H)
+      scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)H, (int)G, 1.0f,
+                        dz_t, (int)G, R, (int)G, 0.0f, dh, (int)H);
+    }
+  });
   return ffi::Error::Success();
 }
 
@@ -261,7 +307,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBwd, LstmBwdImpl,
 extern "C" {
 // Which gate-loop variant the CPU check picked ("avx2+fma" or "generic").
 const char* lstmgen_gate_variant() { return dispatch().name; }
-// OpenBLAS's thread count for the per-step products (<= 0: leave OpenBLAS's default).
+// Worker threads over batch-row chunks (each runs the whole time loop on its rows).
+void lstmgen_set_threads(int n) { g_threads.store(n > 0 ? n : 1); }
+int lstmgen_get_threads() { return g_threads.load(); }
+// OpenBLAS's own thread count for the per-step products (<= 0: leave OpenBLAS's default).
 void lstmgen_set_blas_threads(int n) {
   if (n > 0) scipy_openblas_set_num_threads(n);
 }
