@@ -23,6 +23,10 @@ and so does a GPU, where Keras runs cuDNN's LSTM.
 ``bench/bench_training.py`` (2-core CPU): 1.09-1.27x the stock layer's training speed with
 one layer and no recurrent dropout (1.13x on the CLI's default model), 1.27x with recurrent
 dropout, 1.50x with two layers and recurrent dropout (``bench/RESULTS.md``).
+
+Without recurrent dropout, the time loop runs in a native kernel when it builds and loads
+(:mod:`lstmgen.native`, a prototype: one XLA FFI call per loop, OpenBLAS's sgemm per step,
+the gate maths fused in C++); ``LSTMGEN_NATIVE=0`` keeps the JAX loop.
 """
 
 from __future__ import annotations
@@ -170,7 +174,25 @@ def _on_gpu() -> bool:
     return jax.default_backend() == "gpu"
 
 
+def _native_recurrence(zs, recurrent, rec_mask):
+    """The native kernel's recurrence (:mod:`lstmgen.native`) where it applies: no
+    recurrent dropout, float32, ``LSTMGEN_NATIVE`` not "0", and the library loads (if it
+    does not, one line on stderr, once, and the JAX loop)."""
+    import os
+
+    if rec_mask is not None or os.environ.get("LSTMGEN_NATIVE", "1") == "0":
+        return None
+    if zs.dtype != "float32" or recurrent.dtype != "float32":
+        return None
+    from lstmgen import native
+
+    return native.recurrence_or_none()
+
+
 def _recurrence(zs, h0, c0, recurrent, bias, rec_mask=None):
+    native = _native_recurrence(zs, recurrent, rec_mask)
+    if native is not None:
+        return native(zs, h0, c0, recurrent, bias)
     global _RECURRENCE
     if _RECURRENCE is None:
         _RECURRENCE = _make_recurrence()

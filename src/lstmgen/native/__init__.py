@@ -1,0 +1,154 @@
+"""A native CPU kernel for :class:`lstmgen.layers.FusedLSTM`'s time loop (prototype).
+
+``lstm_kernel.cc`` runs the whole forward loop (and the whole backward loop) as one XLA FFI
+custom call: OpenBLAS's ``sgemm`` (the ``scipy-openblas32`` wheel) for each step's
+``h @ recurrent`` / ``dz @ recurrent.T``, the gate maths fused in one vectorised pass per
+step. :func:`recurrence` is a drop-in for ``lstmgen.layers._make_recurrence()``'s function
+with ``rec_mask=None``: the same ``jax.custom_vjp`` structure, the weight gradients kept as
+single XLA products over all timesteps.
+
+The library is compiled on first use when it is missing or older than its source (see
+:mod:`lstmgen.native.build`; ``LSTMGEN_NATIVE_BUILD=0`` forbids that); if it cannot be
+built or loaded, :func:`recurrence_or_none` says so once on stderr and returns ``None``.
+``LSTMGEN_NATIVE_THREADS=N``: worker threads, each running the whole loop on its share
+of the batch rows (default: the CPUs this process may use; at least 8 rows each).
+OpenBLAS runs on one thread inside each (``LSTMGEN_NATIVE_BLAS_THREADS`` to change; this
+OpenBLAS is the ``scipy-openblas32`` wheel's own copy, not numpy's or scipy's).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+
+_LOCK = threading.Lock()
+_STATE: dict = {}  # "lib", "recurrence" once loaded; "error" when unavailable
+
+FWD_TARGET = "lstmgen_lstm_fwd"
+BWD_TARGET = "lstmgen_lstm_bwd"
+
+
+def _load():
+    from . import build
+
+    if build.stale():
+        if os.environ.get("LSTMGEN_NATIVE_BUILD", "1") == "0":
+            raise RuntimeError(f"{build.LIBRARY.name} is missing or stale and "
+                               "LSTMGEN_NATIVE_BUILD=0")
+        build.build()
+    lib = ctypes.CDLL(str(build.LIBRARY))
+    lib.lstmgen_gate_variant.restype = ctypes.c_char_p
+    lib.lstmgen_set_blas_threads.argtypes = [ctypes.c_int]
+    lib.lstmgen_get_blas_threads.restype = ctypes.c_int
+    lib.lstmgen_set_threads.argtypes = [ctypes.c_int]
+    lib.lstmgen_get_threads.restype = ctypes.c_int
+    # OpenBLAS on one thread: its workers busy-wait between the small per-step products
+    # (many times slower on a loaded 2-core machine, bench/bench_native_lstm.py). The
+    # kernel's own workers split the batch rows instead, with no synchronisation per step.
+    lib.lstmgen_set_blas_threads(int(os.environ.get("LSTMGEN_NATIVE_BLAS_THREADS", "1")))
+    lib.lstmgen_set_threads(int(os.environ.get("LSTMGEN_NATIVE_THREADS", 0)) or _cpus())
+    import jax
+
+    jax.ffi.register_ffi_target(FWD_TARGET, jax.ffi.pycapsule(lib.LstmFwd), platform="cpu")
+    jax.ffi.register_ffi_target(BWD_TARGET, jax.ffi.pycapsule(lib.LstmBwd), platform="cpu")
+    return lib
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def library():
+    """The loaded ctypes library, or ``None`` when it is unavailable (said once)."""
+    with _LOCK:
+        if "lib" not in _STATE and "error" not in _STATE:
+            try:
+                _STATE["lib"] = _load()
+            except Exception as e:  # noqa: BLE001 -- any failure means: use the JAX loop
+                _STATE["error"] = e
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                print(f"lstmgen: native LSTM kernel unavailable ({first}); "
+                      "using the JAX loop", file=sys.stderr)
+        return _STATE.get("lib")
+
+
+def info() -> dict:
+    """What was loaded: the gate-loop variant and OpenBLAS's thread count (or the error)."""
+    lib = library()
+    if lib is None:
+        return {"available": False, "error": repr(_STATE.get("error"))}
+    return {"available": True, "gate_variant": lib.lstmgen_gate_variant().decode(),
+            "threads": lib.lstmgen_get_threads(),
+            "blas_threads": lib.lstmgen_get_blas_threads()}
+
+
+def set_threads(n: int) -> None:
+    """The number of worker threads over batch rows (read at each call of the kernel)."""
+    lib = library()
+    if lib is not None:
+        lib.lstmgen_set_threads(int(n))
+
+
+def _make_recurrence():
+    import jax
+    import jax.numpy as jnp
+
+    def forward(zs, h0, c0, recurrent, bias):
+        steps, batch, gates = zs.shape
+        units = recurrent.shape[0]
+        f32 = jnp.float32
+        state = jax.ShapeDtypeStruct((batch, units), f32)
+        seq = jax.ShapeDtypeStruct((steps, batch, units), f32)
+        out = (seq, seq, jax.ShapeDtypeStruct((steps, batch, gates), f32), state, state)
+        return jax.ffi.ffi_call(FWD_TARGET, out, vmap_method="sequential")(
+            zs, h0, c0, recurrent, bias)
+
+    def backward(acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent):
+        state = jax.ShapeDtypeStruct(c0.shape, jnp.float32)
+        out = (jax.ShapeDtypeStruct(acts.shape, jnp.float32), state, state)
+        return jax.ffi.ffi_call(BWD_TARGET, out, vmap_method="sequential")(
+            acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent)
+
+    @jax.custom_vjp
+    def recurrence(zs, h0, c0, recurrent, bias):
+        hs, _, _, h, c = forward(zs, h0, c0, recurrent, bias)
+        return hs, h, c
+
+    def recurrence_fwd(zs, h0, c0, recurrent, bias):
+        hs, cs, acts, h, c = forward(zs, h0, c0, recurrent, bias)
+        return (hs, h, c), (h0, c0, recurrent, hs, cs, acts)
+
+    def recurrence_bwd(saved, grads):
+        h0, c0, recurrent, hs, cs, acts = saved
+        d_hs, d_h_last, d_c_last = grads
+        dz, dh0, dc0 = backward(acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent)
+        # As in the JAX path: the weight gradients are single large XLA products.
+        h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+        d_recurrent = jnp.einsum("tbh,tbg->hg", h_prev, dz)
+        return dz, dh0, dc0, d_recurrent, dz.sum(axis=(0, 1))
+
+    recurrence.defvjp(recurrence_fwd, recurrence_bwd)
+    return recurrence
+
+
+def recurrence_or_none():
+    """The native ``recurrence(zs, h0, c0, recurrent, bias) -> (hs, h_last, c_last)``
+    (float32, time-major ``zs``), or ``None`` when the library is unavailable."""
+    if library() is None:
+        return None
+    with _LOCK:
+        if "recurrence" not in _STATE:
+            _STATE["recurrence"] = _make_recurrence()
+        return _STATE["recurrence"]
+
+
+def recurrence(zs, h0, c0, recurrent, bias):
+    fn = recurrence_or_none()
+    if fn is None:
+        raise RuntimeError(f"native LSTM kernel unavailable: {_STATE.get('error')!r}")
+    return fn(zs, h0, c0, recurrent, bias)
