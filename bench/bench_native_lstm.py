@@ -135,8 +135,8 @@ def main() -> None:
         bt.EMBED, bt.BATCH, bt.SEQ = embed, batch, seq
         print(f"\n== {name}: embedding {embed}, LSTM {units}, batch {batch} x {seq}; {load()}",
               flush=True)
-        steps = {"jax": with_native(False, lambda: bt.keras_step(units, stock=False)),
-                 "native": with_native(True, lambda: bt.keras_step(units, stock=False))}
+        steps = {"jax": with_native(False, lambda u=units: bt.keras_step(u, stock=False)),
+                 "native": with_native(True, lambda u=units: bt.keras_step(u, stock=False))}
         if threads > 1:
             steps["native1"] = worker_threads(steps["native"], 1, threads)
         if torch is not None:
@@ -172,8 +172,10 @@ def main() -> None:
         print(f"  {name} train step: " + ", ".join(parts))
         r = results.get(name + " recurrence")
         if r:
-            one = lambda k: (f" (native1 {r[k + ' jax'] / r[k + ' native1']:.2f}x)"  # noqa: E731
-                             if k + " native1" in r else "")
+            def one(k, r=r):
+                return (f" (native1 {r[k + ' jax'] / r[k + ' native1']:.2f}x)"
+                        if k + " native1" in r else "")
+
             print(f"  {name} recurrence: fwd+bwd native/jax "
                   f"{r['fwd+bwd jax'] / r['fwd+bwd native']:.2f}x{one('fwd+bwd')}, "
                   f"fwd native/jax {r['fwd jax'] / r['fwd native']:.2f}x{one('fwd')}")

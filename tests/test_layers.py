@@ -177,3 +177,32 @@ def test_odd_sizes(units):
     stock(X), fused(X)
     fused.set_weights(stock.get_weights())
     np.testing.assert_allclose(np.asarray(fused(X)), np.asarray(stock(X)), atol=1e-5)
+
+
+@pytest.mark.parametrize("why", ["no compiler", "LSTMGEN_NATIVE=0"])
+def test_trains_on_the_jax_loop_where_the_native_kernel_cannot_build_or_is_off(tmp_path,
+                                                                               small_text, why):
+    """A machine without a C++ compiler (or told LSTMGEN_NATIVE=0) trains all the same: one
+    informational line (none when switched off), nothing built."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "LSTMGEN_NATIVE_CACHE": str(cache), "CXX": str(tmp_path / "no-cxx")}
+    if why == "LSTMGEN_NATIVE=0":
+        env["LSTMGEN_NATIVE"] = "0"
+    done = subprocess.run(
+        [sys.executable, "-m", "lstmgen.cli", "train", str(small_text), "--out",
+         str(tmp_path / "run"), "--units", "16", "--embedding-dim", "8", "--batch-size", "8",
+         "--seq-len", "16", "--max-steps", "3", "--sample-length", "0", "-q"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if "native LSTM kernel" in line]
+    if why == "no compiler":
+        assert len(notes) == 1 and "cannot run the C++ compiler" in notes[0], done.stderr
+        assert "using the JAX loop" in notes[0]
+    else:
+        assert notes == [] and not cache.exists()
+    assert "Traceback" not in done.stderr
+    assert not any(cache.glob("*.so"))

@@ -1,6 +1,9 @@
 """The native LSTM kernel (lstmgen.native) must be the JAX loop to float32 rounding: outputs,
 final states and every gradient, directly, under jit, through FusedLSTM against the stock
-Keras LSTM, and in a jitted Keras training step; skipped where the library is unavailable."""
+Keras LSTM, and in a jitted Keras training step; skipped where the library is unavailable,
+except in CI, which must test it."""
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +16,7 @@ from lstmgen import native
 from lstmgen.layers import FusedLSTM
 from lstmgen.model import LanguageModel, ModelConfig
 
-pytestmark = pytest.mark.skipif(native.recurrence_or_none() is None,
+pytestmark = pytest.mark.skipif(native.recurrence_or_none() is None and not os.environ.get("CI"),
                                 reason="native LSTM kernel unavailable")
 TOL = 1e-4
 

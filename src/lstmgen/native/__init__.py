@@ -7,7 +7,7 @@ step. :func:`recurrence` is a drop-in for ``lstmgen.layers._make_recurrence()``'
 with ``rec_mask=None``: the same ``jax.custom_vjp`` structure, the weight gradients kept as
 single XLA products over all timesteps.
 
-The library is compiled on first use when it is missing or older than its source (see
+The library is compiled on first use, once per source and toolchain, into a cache folder (see
 :mod:`lstmgen.native.build`; ``LSTMGEN_NATIVE_BUILD=0`` forbids that); if it cannot be
 built or loaded, :func:`recurrence_or_none` says so once on stderr and returns ``None``.
 ``LSTMGEN_NATIVE_THREADS=N``: worker threads, each running the whole loop on its share
@@ -31,14 +31,19 @@ BWD_TARGET = "lstmgen_lstm_bwd"
 
 
 def _load():
+    import scipy_openblas32 as blas
+
     from . import build
 
-    if build.stale():
+    library = build.library_path()
+    if not library.exists():
         if os.environ.get("LSTMGEN_NATIVE_BUILD", "1") == "0":
-            raise RuntimeError(f"{build.LIBRARY.name} is missing or stale and "
-                               "LSTMGEN_NATIVE_BUILD=0")
+            raise RuntimeError(f"{library} is not built and LSTMGEN_NATIVE_BUILD=0")
         build.build()
-    lib = ctypes.CDLL(str(build.LIBRARY))
+    # The library names OpenBLAS but not where it is: the wheel's copy, loaded first.
+    ctypes.CDLL(os.path.join(blas.get_lib_dir(), f"lib{blas.get_library()}.so"),
+                mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(str(library))
     lib.lstmgen_gate_variant.restype = ctypes.c_char_p
     lib.lstmgen_set_blas_threads.argtypes = [ctypes.c_int]
     lib.lstmgen_get_blas_threads.restype = ctypes.c_int
