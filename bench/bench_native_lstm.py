@@ -1,4 +1,4 @@
-"""The native LSTM kernel (``lstmgen.native``, prototype) vs FusedLSTM's JAX loop vs PyTorch,
+"""The native LSTM kernel (``lstmgen.native``) vs FusedLSTM's JAX loop vs PyTorch,
 interleaved in one process (A B C A B C ...), so load on the machine hits each alike.
 
 Per configuration:
@@ -13,10 +13,10 @@ Per configuration:
   with respect to ``zs``, ``h0``, ``c0``, recurrent, bias), jitted: ``jax`` vs ``native``
   (and ``native1``); and the forward alone.
 
-Configurations: H = 256 and 512 with embedding 128, batch 64 x 128 (``bench_training.py``'s)
-and the CLI's default model (embedding 64, LSTM 384, batch 32 x 64).
+Configurations: H = 256, 512 and 1024 with embedding 128, batch 64 x 128
+(``bench_training.py``'s) and the CLI's default model (embedding 64, LSTM 384, batch 32 x 64).
 
-    python bench/bench_native_lstm.py                 # all three, 7 repeats
+    python bench/bench_native_lstm.py                 # all four, 7 repeats
     python bench/bench_native_lstm.py --repeats 5 --only 256
 """
 
@@ -35,6 +35,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 CONFIGS = {  # name: (embedding, units, batch, seq)
     "256": (128, 256, 64, 128),
     "512": (128, 512, 64, 128),
+    "1024": (128, 1024, 64, 128),
     "default": (64, 384, 32, 64),
 }
 

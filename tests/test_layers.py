@@ -61,7 +61,9 @@ def test_gradients_equal_the_stock_layer(dropouts):
     training = bool(dropouts)  # with the same seed, the same masks
     loss_s, grads_s = loss_and_grads(stock, X, H0, C0, training)
     loss_f, grads_f = loss_and_grads(fused, X, H0, C0, training)
-    np.testing.assert_allclose(float(loss_f), float(loss_s), rtol=1e-5)
+    # atol: the loss is a weighted sum of the outputs with weights of both signs, so its
+    # float32 rounding is not relative to its (small) value.
+    np.testing.assert_allclose(float(loss_f), float(loss_s), rtol=1e-5, atol=2e-6)
     if training:
         plain, _ = loss_and_grads(fused, X, H0, C0)
         assert not np.isclose(float(loss_f), float(plain), rtol=1e-3)  # the masks did work
@@ -190,6 +192,7 @@ def test_trains_on_the_jax_loop_where_the_native_kernel_cannot_build_or_is_off(t
 
     cache = tmp_path / "cache"
     env = {**os.environ, "LSTMGEN_NATIVE_CACHE": str(cache), "CXX": str(tmp_path / "no-cxx")}
+    env.pop("LSTMGEN_NATIVE", None)  # CI runs this file with it too
     if why == "LSTMGEN_NATIVE=0":
         env["LSTMGEN_NATIVE"] = "0"
     done = subprocess.run(
