@@ -3,7 +3,7 @@
 ``lstm_kernel.cc`` runs the whole forward loop (and the whole backward loop) as one XLA FFI
 custom call: OpenBLAS's ``sgemm`` (the ``scipy-openblas32`` wheel) for each step's
 ``h @ recurrent`` / ``dz @ recurrent.T``, the gate maths fused in one vectorised pass per
-step. :func:`recurrence` is a drop-in for ``lstmgen.layers._make_recurrence()``'s function
+step. :func:`recurrence_or_none` gives a drop-in for ``lstmgen.layers._make_recurrence()``'s function
 with ``rec_mask=None``: the same ``jax.custom_vjp`` structure, the weight gradients kept as
 single XLA products over all timesteps.
 
@@ -150,10 +150,3 @@ def recurrence_or_none():
         if "recurrence" not in _STATE:
             _STATE["recurrence"] = _make_recurrence()
         return _STATE["recurrence"]
-
-
-def recurrence(zs, h0, c0, recurrent, bias):
-    fn = recurrence_or_none()
-    if fn is None:
-        raise RuntimeError(f"native LSTM kernel unavailable: {_STATE.get('error')!r}")
-    return fn(zs, h0, c0, recurrent, bias)
