@@ -3,8 +3,8 @@
 ``lstm_kernel.cc`` runs the whole forward loop (and the whole backward loop) as one XLA FFI
 custom call: OpenBLAS's ``sgemm`` (the ``scipy-openblas32`` wheel) for each step's
 ``h @ recurrent`` / ``dz @ recurrent.T``, the gate maths fused in one vectorised pass per
-step. :func:`recurrence_or_none` gives a drop-in for ``lstmgen.layers._make_recurrence()``'s function
-with ``rec_mask=None``: the same ``jax.custom_vjp`` structure, the weight gradients kept as
+step. :func:`recurrence_or_none` gives a drop-in for the function of
+``lstmgen.layers._make_recurrence()`` with ``rec_mask=None``: the same ``jax.custom_vjp`` structure, the weight gradients kept as
 single XLA products over all timesteps.
 
 The library is compiled on first use, once per source and toolchain, into a cache folder (see
