@@ -4,8 +4,8 @@
 custom call: OpenBLAS's ``sgemm`` (the ``scipy-openblas32`` wheel) for each step's
 ``h @ recurrent`` / ``dz @ recurrent.T``, the gate maths fused in one vectorised pass per
 step. :func:`recurrence_or_none` gives a drop-in for the function of
-``lstmgen.layers._make_recurrence()`` with ``rec_mask=None``: the same ``jax.custom_vjp`` structure, the weight gradients kept as
-single XLA products over all timesteps.
+``lstmgen.layers._make_recurrence()`` with ``rec_mask=None``: the same ``jax.custom_vjp``
+structure, the weight gradients kept as single XLA products over all timesteps.
 
 The library is compiled on first use, once per source and toolchain, into a cache folder (see
 :mod:`lstmgen.native.build`; ``LSTMGEN_NATIVE_BUILD=0`` forbids that); if it cannot be
