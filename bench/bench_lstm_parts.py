@@ -9,7 +9,10 @@ training step (:class:`lstmgen.layers.FusedLSTM`'s maths: ``lstmgen.layers._proj
 - ``forward loop``: the time loop (``h @ recurrent`` + gates per step);
 - ``bare recurrence``: the same loop without the gates (``h @ recurrent`` and a tanh): the
   products alone;
-- ``forward + backward``: the whole layer's gradient (the backward part is the difference).
+- ``forward + backward``: the whole layer's gradient (the backward part is the difference);
+
+the loop and the gradient on both paths of the time loop, the JAX loop and the native kernel
+(:mod:`lstmgen.native`, where it builds), side by side.
 
 Then the rates of the products that make up the step, as single calls (the recurrent one
 also as a chain of 128 dependent calls), in XLA (JAX), PyTorch and numpy (OpenBLAS). The
@@ -34,11 +37,15 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 EMBED, BATCH, SEQ = 128, 64, 128
 
 
-def layer_parts(units: int, repeats: int) -> dict[str, float]:
+def layer_parts(units: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Seconds per part, per path of the time loop: the JAX loop and, where it loads, the
+    native kernel (:mod:`lstmgen.native`); the input projection and the bare recurrence are
+    XLA on both."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    from lstmgen import native
     from lstmgen.layers import _project, _recurrence
 
     rng = np.random.default_rng(0)
@@ -50,7 +57,6 @@ def layer_parts(units: int, repeats: int) -> dict[str, float]:
 
     project = jax.jit(lambda xs, k: _project(xs, k, None))
     zs = project(xs, kernel)
-    loop = jax.jit(lambda zs, r: _recurrence(zs, h0, c0, r, bias)[0])
 
     @jax.jit
     def bare(zs, r):
@@ -64,13 +70,35 @@ def layer_parts(units: int, repeats: int) -> dict[str, float]:
         hs, h, c = _recurrence(_project(xs, k, None), h0, c0, r, b)
         return (hs * hs).sum() + c.sum()
 
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
-    return interleaved({
-        "input projection": lambda: project(xs, kernel).block_until_ready(),
-        "forward loop": lambda: loop(zs, recurrent).block_until_ready(),
-        "bare recurrence": lambda: bare(zs, recurrent).block_until_ready(),
-        "forward + backward": lambda: jax.block_until_ready(grad(xs, kernel, recurrent, bias)),
-    }, repeats)
+    fns = {("input projection", "both"): lambda: project(xs, kernel).block_until_ready(),
+           ("bare recurrence", "both"): lambda: bare(zs, recurrent).block_until_ready()}
+    paths = {"JAX loop": "0"}
+    if native.recurrence_or_none() is not None:
+        paths["native"] = "1"
+    saved = os.environ.get("LSTMGEN_NATIVE")
+    for path, flag in paths.items():
+        # The layer picks its loop when it is traced: trace each under its setting.
+        os.environ["LSTMGEN_NATIVE"] = flag
+        loop = jax.jit(lambda zs, r: _recurrence(zs, h0, c0, r, bias)[0])
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+        loop(zs, recurrent).block_until_ready()
+        jax.block_until_ready(grad(xs, kernel, recurrent, bias))
+        fns[("forward loop", path)] = \
+            lambda loop=loop: loop(zs, recurrent).block_until_ready()
+        fns[("forward + backward", path)] = \
+            lambda grad=grad: jax.block_until_ready(grad(xs, kernel, recurrent, bias))
+    if saved is None:
+        os.environ.pop("LSTMGEN_NATIVE")
+    else:
+        os.environ["LSTMGEN_NATIVE"] = saved
+    times = interleaved(fns, repeats)
+    profiles = {}
+    for path in paths:
+        parts = {name: times[(name, p)] for name, p in times if p in (path, "both")}
+        parts["backward (difference)"] = (parts["forward + backward"]
+                                          - parts["input projection"] - parts["forward loop"])
+        profiles[path] = parts
+    return profiles
 
 
 def product_rates(units: int, repeats: int) -> list[tuple[str, dict[str, float]]]:
@@ -158,19 +186,30 @@ def main() -> None:
     header("bench_lstm_parts: the LSTM layer's training step, part by part; product rates")
     print(f"embedding {EMBED}, batch {BATCH} x {SEQ}; medians of {args.repeats}, interleaved")
     for units in args.units:
-        parts = layer_parts(units, args.repeats)
-        total = parts["forward + backward"]
-        forward = parts["input projection"] + parts["forward loop"]
-        parts["backward (difference)"] = total - forward
+        profiles = layer_parts(units, args.repeats)
         matmul = 2 * BATCH * SEQ * 4 * units
         loop_flops = matmul * units
         print(f"\nH={units}: the layer's training step, {3 * matmul * (EMBED + units) / 1e9:.1f} "
-              "GFLOP of products (forward and backward)")
-        for name, seconds in parts.items():
-            print(f"  {name:22s} {seconds * 1e3:8.1f} ms  {100 * seconds / total:5.1f}%")
-        gates = parts["forward loop"] - parts["bare recurrence"]
-        print(f"  the loop's products: bare {loop_flops / parts['bare recurrence'] / 1e9:.0f} "
-              f"GFLOP/s; the gates add {1e3 * gates:.0f} ms per forward loop")
+              "GFLOP of products (forward and backward); ms and share of the step, per path "
+              "of the time loop")
+        paths = list(profiles)
+        print(f"  {'':22s}" + "".join(f" {path:>18s}" for path in paths))
+        for name in ("input projection", "forward loop", "bare recurrence",
+                     "backward (difference)", "forward + backward"):
+            cells = []
+            for path in paths:
+                seconds, total = profiles[path][name], profiles[path]["forward + backward"]
+                cells.append(f"{seconds * 1e3:8.1f} ms {100 * seconds / total:5.1f}%")
+            print(f"  {name:22s}" + "".join(f" {cell:>18s}" for cell in cells))
+        for path in paths:
+            parts = profiles[path]
+            gates = parts["forward loop"] - parts["bare recurrence"]
+            print(f"  {path}: the step's products at "
+                  f"{3 * matmul * (EMBED + units) / parts['forward + backward'] / 1e9:.0f} "
+                  f"GFLOP/s overall; the forward loop is the bare products "
+                  f"{'+' if gates >= 0 else '-'} {abs(1e3 * gates):.0f} ms")
+        print(f"  the bare recurrence (XLA, h @ recurrent + a tanh): "
+              f"{loop_flops / profiles[paths[0]]['bare recurrence'] / 1e9:.0f} GFLOP/s")
         rows = product_rates(units, max(3, args.repeats // 2))
         libs = list(rows[0][1])
         print(f"  {'product (GFLOP/s)':30s} " + " ".join(f"{lib:>8s}" for lib in libs))

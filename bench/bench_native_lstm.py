@@ -6,12 +6,14 @@ Per configuration:
 - training step, tokens/s, ``Embedding -> LSTM -> Dense(65)`` with Adam (clipnorm 5), the
   model and step of ``bench_training.py``: ``jax`` (FusedLSTM, ``LSTMGEN_NATIVE=0``),
   ``native`` (FusedLSTM on the native kernel, its default: the batch rows split over one
-  worker thread per CPU, OpenBLAS single-threaded in each), ``native1`` (one worker),
+  worker thread per CPU, each step's product by the packed AVX2+FMA GEMM),
+  ``openblas`` (the same kernel with OpenBLAS's single-threaded sgemm for the products, as
+  before the packed GEMM and on CPUs without AVX2),
   ``torch`` (``nn.LSTM``, all CPUs'
   threads), ``torch1`` (one thread);
 - the recurrence alone, forward + backward (``jax.grad`` of a loss of ``hs``, ``h``, ``c``
   with respect to ``zs``, ``h0``, ``c0``, recurrent, bias), jitted: ``jax`` vs ``native``
-  (and ``native1``); and the forward alone.
+  (and ``openblas``); and the forward alone.
 
 Configurations: H = 256, 512 and 1024 with embedding 128, batch 64 x 128
 (``bench_training.py``'s) and the CLI's default model (embedding 64, LSTM 384, batch 32 x 64).
@@ -54,16 +56,19 @@ def with_native(enabled: bool, make):
             os.environ["LSTMGEN_NATIVE"] = previous
 
 
-def worker_threads(fn, threads: int, default: int):
-    """``fn`` run with the native kernel on ``threads`` worker threads."""
+def with_openblas(fn):
+    """``fn`` run with the native kernel's products by OpenBLAS's sgemm (the packed GEMM
+    off; read at each call of the kernel)."""
+    import jax
+
     from lstmgen import native
 
     def run():
-        native.set_threads(threads)
+        native.library().lstmgen_set_packed_gemm(0)
         try:
-            return fn()
+            return jax.block_until_ready(fn())
         finally:
-            native.set_threads(default)
+            native.library().lstmgen_set_packed_gemm(1)
 
     return run
 
@@ -100,8 +105,7 @@ def recurrence_steps(units: int, batch: int, seq: int, threads: int):
     for kind, wrap in (("fwd+bwd", grad_of), ("fwd", forward_of)):
         for name, fn in impls.items():
             steps[f"{kind} {name}"] = wrap(fn)
-        if threads > 1:
-            steps[f"{kind} native1"] = worker_threads(steps[f"{kind} native"], 1, threads)
+        steps[f"{kind} openblas"] = with_openblas(steps[f"{kind} native"])
     return steps
 
 
@@ -138,8 +142,7 @@ def main() -> None:
               flush=True)
         steps = {"jax": with_native(False, lambda u=units: bt.keras_step(u, stock=False)),
                  "native": with_native(True, lambda u=units: bt.keras_step(u, stock=False))}
-        if threads > 1:
-            steps["native1"] = worker_threads(steps["native"], 1, threads)
+        steps["openblas"] = with_openblas(steps["native"])
         if torch is not None:
             steps["torch"] = bt.torch_step(units, all_cpus)
             if all_cpus > 1:
@@ -163,8 +166,7 @@ def main() -> None:
     for name in args.only:
         t = results[name]
         parts = [f"native/jax {t['jax'] / t['native']:.2f}x"]
-        if "native1" in t:
-            parts.append(f"native1/jax {t['jax'] / t['native1']:.2f}x")
+        parts.append(f"native/openblas {t['openblas'] / t['native']:.2f}x")
         if "torch" in t:
             parts += [f"native/torch {t['torch'] / t['native']:.2f}x",
                       f"jax/torch {t['torch'] / t['jax']:.2f}x"]
@@ -174,8 +176,7 @@ def main() -> None:
         r = results.get(name + " recurrence")
         if r:
             def one(k, r=r):
-                return (f" (native1 {r[k + ' jax'] / r[k + ' native1']:.2f}x)"
-                        if k + " native1" in r else "")
+                return f" (openblas/jax {r[k + ' jax'] / r[k + ' openblas']:.2f}x)"
 
             print(f"  {name} recurrence: fwd+bwd native/jax "
                   f"{r['fwd+bwd jax'] / r['fwd+bwd native']:.2f}x{one('fwd+bwd')}, "

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import lstmgen.layers
+from lstmgen.errors import LstmgenError
 from lstmgen.layers import FusedLSTM
 from lstmgen.model import LanguageModel, ModelConfig
 
@@ -209,3 +210,59 @@ def test_trains_on_the_jax_loop_where_the_native_kernel_cannot_build_or_is_off(t
         assert notes == [] and not cache.exists()
     assert "Traceback" not in done.stderr
     assert not any(cache.glob("*.so"))
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_weight_drop_drops_recurrent_weights_once_per_batch_in_training(monkeypatch, native):
+    monkeypatch.setenv("LSTMGEN_NATIVE", native)
+    _, fused = pair(seed=5)
+    fused.weight_drop = 0.5
+    generator = fused.cell.seed_generator
+    before = np.asarray(generator.state.value)
+    trainable = [v.value for v in fused.trainable_variables]
+    others = [v.value for v in fused.non_trainable_variables]
+
+    def loss(trainable):
+        (seq, _, _), _ = fused.stateless_call(trainable, others, X, training=True)
+        return (seq * np.linspace(-1, 1, seq.size).reshape(seq.shape)).sum()
+
+    value, grads = jax.value_and_grad(loss)(trainable)
+    # The mask the call drew: the same seed state draws it again.
+    generator.state.assign(before)
+    kernel, recurrent, bias = fused.get_weights()
+    dropped = np.asarray(keras.random.dropout(recurrent, 0.5, seed=generator))
+    assert 0.3 < (dropped == 0).mean() < 0.7
+    stock = keras.layers.LSTM(4, return_sequences=True, return_state=True)
+    stock(X)
+    stock.set_weights([kernel, dropped, bias])
+    seq = np.asarray(stock(X)[0])
+    np.testing.assert_allclose(float(value), (seq * np.linspace(-1, 1, seq.size).reshape(
+        seq.shape)).sum(), rtol=1e-5, atol=2e-5)
+    # A dropped weight gets no gradient; the kept ones get the dropped kernel's, scaled.
+    d_recurrent = np.asarray(grads[1])
+    assert np.all(d_recurrent[dropped == 0] == 0)
+    assert np.count_nonzero(d_recurrent[dropped != 0]) > 0.9 * np.count_nonzero(dropped)
+    # Nothing is dropped at inference.
+    plain = np.asarray(fused(X)[0])
+    stock.set_weights([kernel, recurrent, bias])
+    np.testing.assert_allclose(plain, np.asarray(stock(X)[0]), atol=1e-5)
+
+
+def test_weight_drop_is_a_model_setting_with_a_clear_error_when_absurd():
+    lm = LanguageModel(ModelConfig(units=8, embedding_dim=4, weight_drop=0.25), 10)
+    assert lm.rnns[0].weight_drop == 0.25
+    assert ModelConfig.from_dict(lm.config.to_dict()).weight_drop == 0.25
+    assert ModelConfig.from_dict({"units": 8}).weight_drop == 0.0  # runs saved before it
+    with pytest.raises(LstmgenError, match="weight-drop must be in"):
+        ModelConfig(weight_drop=1.0).validate()
+    with pytest.raises(LstmgenError, match="needs the LSTM cell"):
+        ModelConfig(weight_drop=0.2, cell="gru").validate()
+
+
+def test_weight_drop_needs_the_fused_loop_and_says_so():
+    mask = np.ones((3, 7), bool)
+    _, fused = pair()
+    fused.weight_drop = 0.3
+    fused(X, mask=mask)  # inference: nothing to drop, the stock loop runs
+    with pytest.raises(LstmgenError, match="weight-drop runs in lstmgen's own LSTM loop"):
+        fused(X, mask=mask, training=True)

@@ -69,7 +69,9 @@ def test_any_number_of_worker_threads(threads):
     default = native.info()["threads"]
     native.set_threads(threads)
     try:
-        got = jax.jit(value_and_grads(native.recurrence_or_none()))(*args)
+        # Blocks before the finally: the call is dispatched asynchronously.
+        got = jax.block_until_ready(jax.jit(value_and_grads(native.recurrence_or_none()))(
+            *args))
     finally:
         native.set_threads(default)
     want = value_and_grads(jax_loop())(*args)
@@ -172,3 +174,43 @@ def test_vmap():
     ref = jax.vmap(jax_loop())(*batched)
     for a, b in zip(out, ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL)
+
+
+def gemm_path(packed: bool) -> str:
+    """Switches the per-step products between the packed AVX2+FMA GEMM (where the CPU has
+    it) and OpenBLAS's sgemm (the path of CPUs without AVX2); returns the one now in use."""
+    native.library().lstmgen_set_packed_gemm(int(packed))
+    return native.info()["gemm"]
+
+
+# The packed GEMM's edges: M tails (a worker's rows not a multiple of its 4-row tile: batch
+# 5, 7, and 33 = 16 + 17 rows on two workers), N tails (4H forward and H backward not a
+# multiple of its 24-column panels) and several k blocks (K deeper than 512: 4H backward
+# for units 150 and 520, H forward for 520), each against the JAX loop, on both paths.
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "openblas"])
+@pytest.mark.parametrize("batch,units", [(5, 3), (7, 20), (33, 37), (5, 100), (33, 100),
+                                         (7, 150), (6, 520)])
+def test_product_tails_and_k_blocks(batch, units, packed):
+    args = inputs(4, batch, units, seed=units)
+    default = native.info()["threads"]
+    native.set_threads(2)
+    try:
+        path = gemm_path(packed)
+        if packed and native.info()["gate_variant"] == "avx2+fma":
+            assert path == "packed avx2+fma"
+        elif not packed:
+            assert path == "openblas"
+        # Blocked on: the kernel must run before the switch is turned back (async dispatch).
+        ours, (loss_n, grads_n) = jax.block_until_ready(
+            (jax.jit(native.recurrence_or_none())(*args),
+             jax.jit(value_and_grads(native.recurrence_or_none()))(*args)))
+    finally:
+        gemm_path(True)
+        native.set_threads(default)
+    for a, b in zip(ours, jax_loop()(*args)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL)
+    loss_j, grads_j = value_and_grads(jax_loop())(*args)
+    np.testing.assert_allclose(float(loss_n), float(loss_j), rtol=TOL)
+    for name, a, b in zip(("zs", "h0", "c0", "recurrent", "bias"), grads_n, grads_j):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL, rtol=TOL,
+                                   err_msg=name)

@@ -14,7 +14,7 @@ large corpus a model would almost never see it, and its first tokens after a sho
 would be garbage. So at each window a random share of the lanes starts again from the start
 state, which those windows train: the dataset draws the ``keep`` mask from (seed, epoch,
 batch) (:meth:`~lstmgen.dataset.WindowOrder.keep`), so resume stays exact. The share is small
-in the first pass over the text (``TrainConfig.first_epoch_reset``, 0.05), where every window
+in the first pass over the text (``TrainConfig.first_epoch_reset``, 0.04), where every window
 is new text and a broken lane costs the carried loss most, and larger after it
 (``state_reset``, 0.3; :meth:`~lstmgen.training.TrainConfig.reset_share`). Reading some lanes'
 windows a second time from the start state as extra rows, which leaves every lane unbroken,

@@ -38,7 +38,8 @@ EXAMPLES = {
   # OpenAI-compatible: openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x")""",
 }
 
-MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "recurrent_dropout", "cell",
+MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "recurrent_dropout",
+              "weight_drop", "cell",
               "softmax", "cutoffs", "tie_embeddings", "learned_start")
 TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
               "max_time", "schedule", "warmup_steps", "val_fraction", "val_tokens",
@@ -99,6 +100,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="dropout into each layer after the first and into the output (0.3)")
     m.add_argument("--recurrent-dropout", type=float,
                    help="dropout on the recurrent state, one mask per sequence (0)")
+    m.add_argument("--weight-drop", type=float,
+                   help="DropConnect on the recurrent weights, one mask per batch (0)")
     m.add_argument("--cell", choices=("lstm", "gru"), help="recurrent cell (lstm)")
     m.add_argument("--softmax", choices=("auto", "full", "adaptive"),
                    help="output layer: adaptive softmax for large vocabularies (auto: from "
@@ -141,7 +144,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "text on (0.3)")
     t.add_argument("--first-epoch-reset", type=float, metavar="SHARE",
                    help="the same in the first pass, where every window is new text and the "
-                   "carried context is worth the most (0.05)")
+                   "carried context is worth the most (0.04)")
     t.add_argument("--val", nargs="+", default=None, metavar="PATH",
                    help="validation corpus (default: the last --val-fraction of the text)")
     t.add_argument("--val-fraction", type=float, help="held-out share of the text (0.05)")

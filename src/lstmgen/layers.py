@@ -25,8 +25,8 @@ one layer and no recurrent dropout (1.13x on the CLI's default model), 1.27x wit
 dropout, 1.50x with two layers and recurrent dropout (``bench/RESULTS.md``).
 
 Without recurrent dropout, the time loop runs in a native kernel when it builds and loads
-(:mod:`lstmgen.native`, a prototype: one XLA FFI call per loop, OpenBLAS's sgemm per step,
-the gate maths fused in C++); ``LSTMGEN_NATIVE=0`` keeps the JAX loop.
+(:mod:`lstmgen.native`: one XLA FFI call per loop, a packed-weight GEMM per step, the gate
+maths fused in C++); ``LSTMGEN_NATIVE=0`` keeps the JAX loop.
 """
 
 from __future__ import annotations
@@ -221,6 +221,13 @@ class FusedLSTM(keras.layers.LSTM):
     _embedding = None  # a weakref.ref to the Embedding layer whose outputs this one reads
     _token_ids = None  # that layer's input, during a call
 
+    def __init__(self, units, weight_drop: float = 0.0, **kwargs):
+        super().__init__(units, **kwargs)
+        self.weight_drop = float(weight_drop)
+
+    def get_config(self):
+        return {**super().get_config(), "weight_drop": self.weight_drop}
+
     def fold_embedding(self, embedding: keras.layers.Embedding) -> None:
         """Read ``embedding``'s outputs through its table: called with ``token_ids=`` (the
         embedding layer's input), the layer projects its inputs as rows of
@@ -253,11 +260,12 @@ class FusedLSTM(keras.layers.LSTM):
                              token_ids_shape=None):
         return super().compute_output_shape(sequences_shape, initial_state_shape)
 
-    def _fusable(self, mask) -> bool:
+    def _fusable(self, mask, training=False) -> bool:
         cell = self.cell
         return (
             keras.backend.backend() == "jax"
-            and not _on_gpu()  # Keras's own path uses cuDNN there
+            # Keras's own path uses cuDNN on a GPU, but cannot drop weights.
+            and (not _on_gpu() or (training and self.weight_drop > 0))
             and mask is None
             and not self.go_backwards
             and cell.use_bias
@@ -266,7 +274,14 @@ class FusedLSTM(keras.layers.LSTM):
         )
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
-        if not self._fusable(mask):
+        if not self._fusable(mask, training):
+            if training and self.weight_drop > 0:
+                from lstmgen.errors import LstmgenError
+
+                raise LstmgenError(
+                    "--weight-drop runs in lstmgen's own LSTM loop, which needs the JAX "
+                    "backend, no masking and go_backwards=False",
+                    hint="set KERAS_BACKEND=jax, or train without --weight-drop")
             return super().inner_loop(sequences, initial_state, mask, training=training)
         cell = self.cell
         h0, c0 = initial_state
@@ -293,7 +308,13 @@ class FusedLSTM(keras.layers.LSTM):
             # Time-major before the product: transposing the (batch, time, features)
             # input is cheaper than transposing the 4x wider projection.
             zs = _project(ops.transpose(sequences, (1, 0, 2)), kernel, in_mask)
-        hs, h, c = _recurrence(zs, h0, c0, ops.convert_to_tensor(cell.recurrent_kernel),
-                               ops.convert_to_tensor(cell.bias), rec_mask)
+        recurrent = ops.convert_to_tensor(cell.recurrent_kernel)
+        if training and 0.0 < self.weight_drop < 1.0:
+            # DropConnect on the recurrent weights (AWD-LSTM): one mask per batch, shared
+            # by every timestep and lane, so the native kernel runs it unchanged.
+            recurrent = keras.random.dropout(recurrent, self.weight_drop,
+                                             seed=cell.seed_generator)
+        hs, h, c = _recurrence(zs, h0, c0, recurrent, ops.convert_to_tensor(cell.bias),
+                               rec_mask)
         outputs = ops.transpose(hs, (1, 0, 2)) if self.return_sequences else h
         return h, outputs, [h, c]

@@ -36,6 +36,8 @@ class ModelConfig:
     cell: str = "lstm"
     # Variational dropout on the recurrent state (one mask per sequence, Gal & Ghahramani).
     recurrent_dropout: float = 0.0
+    # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per batch.
+    weight_drop: float = 0.0
     # The output layer (lstmgen.heads): "full", "adaptive" (for large vocabularies), or
     # "auto" (adaptive from 8192 tokens; a run stores what it resolved to).
     softmax: str = "auto"
@@ -50,12 +52,15 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise LstmgenError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("dropout", "recurrent_dropout"):
+        for name in ("dropout", "recurrent_dropout", "weight_drop"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise LstmgenError(f"{name.replace('_', '-')} must be in [0, 1), got {value!r}")
         if self.cell not in CELLS:
             raise LstmgenError(f"unknown cell {self.cell!r}", hint="use lstm or gru")
+        if self.weight_drop and self.cell != "lstm":
+            raise LstmgenError("--weight-drop needs the LSTM cell",
+                               hint="add --cell lstm, or --weight-drop 0")
         from lstmgen.heads import SOFTMAXES
 
         if self.softmax not in SOFTMAXES:
@@ -106,8 +111,9 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
-        # Runs saved before these settings had a full softmax and started from zeros.
-        data = {"softmax": "full", "learned_start": False, **data}
+        # Runs saved before these settings had a full softmax, started from zeros and
+        # dropped no weights.
+        data = {"softmax": "full", "learned_start": False, "weight_drop": 0.0, **data}
         return cls(**{k: v for k, v in data.items() if k in known}).validate()
 
     @property
@@ -163,6 +169,7 @@ class LanguageModel:
             rnn(config.units, return_sequences=True, return_state=True,
                 dropout=config.dropout if i > 0 else 0.0,
                 recurrent_dropout=config.recurrent_dropout, name=f"{config.cell}_{i}",
+                **({"weight_drop": config.weight_drop} if config.weight_drop else {}),
                 **rnn_init)
             for i in range(config.layers)
         ]

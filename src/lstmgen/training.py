@@ -17,7 +17,7 @@ import signal
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +86,10 @@ class TrainConfig:
     # on; in the first pass first_epoch_reset (None: state_reset). Every window of a first pass
     # is new text, and there restarts cost the carried loss most: measured in
     # bench/bench_fresh_start.py, 0.3 cost a 16 MB corpus seen 0.36 times 0.039 nats, five
-    # times what it cost tiny-shakespeare over 4.4 passes, and 0.05 cost it 0.010.
+    # times what it cost tiny-shakespeare over 4.4 passes; 0.05 cost it 0.010, 0.04 0.008
+    # (and kept its fresh start within 0.05 of a model trained from fresh states only).
     state_reset: float = 0.3
-    first_epoch_reset: float | None = 0.05
+    first_epoch_reset: float | None = 0.04
     tensorboard: bool = False
     encoding_errors: str = "strict"
 
@@ -147,7 +148,7 @@ class TrainConfig:
 
         Example:
             >>> TrainConfig().reset_share(0), TrainConfig().reset_share(1)
-            (0.05, 0.3)
+            (0.04, 0.3)
             >>> TrainConfig(state_reset=0.2, first_epoch_reset=None).reset_share(0)
             0.2
         """
@@ -199,9 +200,11 @@ class TrainingState:
     best_val_fresh_start: float | None = None
     best_val_word_perplexity: float | None = None
     best_step: int | None = None
-    # A schedule sized to the time budget: its hold and last step, fixed once measured.
+    # A schedule sized to the time budget: its hold and last step, fixed once measured, and
+    # every plan made as [after step, hold, last step] (lstmgen.schedule.REPLAN_AT).
     schedule_hold: int | None = None
     schedule_steps: int | None = None
+    schedule_plans: list = field(default_factory=list)
     evals_without_improvement: int = 0
     finished: bool = False
     stop_reason: str | None = None
@@ -473,6 +476,7 @@ class Trainer:
         self._timing = None
         self._overhead = 0.0  # seconds spent between steps: validations, samples, checkpoints
         self._fit_started = time.monotonic()
+        self._compile_seconds = None  # the first step's, this process
         self._reschedule = False
         self._apply_saved_schedule()
         try:
@@ -585,35 +589,41 @@ class Trainer:
     def _time_schedule_now(self, logs) -> bool:
         """Whether this step ends the measurement of a run whose schedule the time budget
         sizes: past the warm-up, and :data:`~lstmgen.schedule.MEASURED_STEPS` steps and
-        :func:`~lstmgen.schedule.measure_seconds` after the first step this process ran (which
-        compiled)."""
-        from lstmgen.schedule import MEASURED_STEPS, measure_seconds
+        :func:`~lstmgen.schedule.measure_seconds` after the first step this process ran with
+        its step function (which compiled); a planned schedule is measured again once
+        :data:`~lstmgen.schedule.REPLAN_AT` of the budget is spent."""
+        from lstmgen.schedule import MEASURED_STEPS, REPLAN_AT, measure_seconds
 
-        if self.schedule is None or not self.config.sized_by_time or \
-                self.state.schedule_steps is not None:
+        c, s = self.config, self.state
+        if self.schedule is None or not c.sized_by_time or len(s.schedule_plans) >= 2 or (
+                s.schedule_steps is not None and not s.schedule_plans):  # a run from before
             return False
         if self._timing is None:
             _wait_for(logs)
-            self._timing = (self.state.step, time.monotonic(), self._overhead)
-            # The step function is compiled again once the schedule is set: about as long.
-            self._compile_seconds = self._timing[1] - self._fit_started
+            self._timing = (s.step, time.monotonic(), self._overhead)
+            if self._compile_seconds is None:
+                # The step function is compiled again once the schedule is set: about as
+                # long as the first time.
+                self._compile_seconds = self._timing[1] - self._fit_started
             return False
         first, started, overhead = self._timing
         stepping = time.monotonic() - started - (self._overhead - overhead)
-        ready = (self.state.step >= max(self.config.warmup_steps, first + MEASURED_STEPS)
-                 and stepping >= measure_seconds(self.config.max_time))
+        ready = (s.step >= max(c.warmup_steps, first + MEASURED_STEPS)
+                 and stepping >= measure_seconds(c.max_time)
+                 and (not s.schedule_plans or self.elapsed() >= REPLAN_AT * c.max_time))
         if not self.cluster.any(ready):  # every process sizes it at the same step
             return False
         _wait_for(logs)
         stepping = time.monotonic() - started - (self._overhead - overhead)
-        self._seconds_per_step = stepping / (self.state.step - first)
+        self._seconds_per_step = stepping / (s.step - first)
         return True
 
     def _size_schedule_to_time(self) -> None:
         """Fix the cosine's length so that it ends inside the time budget, from the measured
         step rate and the cost of a validation (run one now if none was), the same on every
-        process; the learning rate holds its peak from the warm-up's end to this step."""
-        from lstmgen.schedule import steps_in_time
+        process; the learning rate holds its peak from the warm-up's end to this step. Planned
+        again later, the cosine goes on from the learning rate it had reached."""
+        from lstmgen.schedule import REPLAN_TOLERANCE, continue_cosine, steps_in_time
 
         c, s = self.config, self.state
         seconds_per_step = self._seconds_per_step
@@ -624,13 +634,27 @@ class Trainer:
         last = steps_in_time(s.step, left, seconds_per_step, eval_seconds, evals_per_step)
         cap = self.total_steps()
         last = int(self.cluster.min(min(last, cap) if cap else last))
-        s.schedule_hold, s.schedule_steps = s.step, last
+        self._timing = None  # a new plan compiles a new step function: measure after it
+        if not s.schedule_plans:
+            hold, was = s.step, None
+        else:
+            was = s.schedule_steps
+            # Too late to plan again (a short budget, a slow compile): a new plan would
+            # spend much of what is left compiling, and could end the cosine abruptly.
+            late = left < max(0.2 * c.max_time, 2 * self._compile_seconds)
+            if late or abs(last - was) <= REPLAN_TOLERANCE * max(1, was - s.step):
+                s.schedule_plans.append([s.step, s.schedule_hold, was])  # the plan holds
+                return
+            hold = continue_cosine(s.step, s.schedule_hold, was, last)
+        s.schedule_hold, s.schedule_steps = hold, last
+        s.schedule_plans.append([s.step, hold, last])
         self._apply_saved_schedule()
         self._reschedule = True
         if self.verbose:
             print(f"step {s.step}: {1 / seconds_per_step:.2f} steps/s measured; the cosine "
-                  f"schedule ends at step {last} to fit the {c.max_time:g}-s budget",
-                  flush=True)
+                  f"schedule ends at step {last}"
+                  + (f" (planned: {was})" if was is not None else "")
+                  + f" to fit the {c.max_time:g}-s budget", flush=True)
 
     def _validation_seconds(self) -> float:
         """What one validation costs once its programs are compiled; the first one of a

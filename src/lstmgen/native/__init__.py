@@ -1,19 +1,26 @@
-"""A native CPU kernel for :class:`lstmgen.layers.FusedLSTM`'s time loop (prototype).
+"""A native CPU kernel for :class:`lstmgen.layers.FusedLSTM`'s time loop.
 
 ``lstm_kernel.cc`` runs the whole forward loop (and the whole backward loop) as one XLA FFI
-custom call: OpenBLAS's ``sgemm`` (the ``scipy-openblas32`` wheel) for each step's
-``h @ recurrent`` / ``dz @ recurrent.T``, the gate maths fused in one vectorised pass per
-step. :func:`recurrence_or_none` gives a drop-in for the function of
-``lstmgen.layers._make_recurrence()`` with ``rec_mask=None``: the same ``jax.custom_vjp``
-structure, the weight gradients kept as single XLA products over all timesteps.
+custom call: each step's ``h @ recurrent`` / ``dz @ recurrent.T`` by a register-blocked
+AVX2+FMA GEMM on the recurrent weights packed once per call (OpenBLAS's ``sgemm`` from the
+``scipy-openblas32`` wheel on CPUs without AVX2+FMA, or with ``LSTMGEN_NATIVE_PACKED=0``),
+the gate maths fused in one vectorised pass per step. :func:`recurrence_or_none` gives a
+drop-in for the function of ``lstmgen.layers._make_recurrence()`` with ``rec_mask=None``: the
+same ``jax.custom_vjp`` structure, the weight gradients kept as single XLA products over all
+timesteps.
 
 The library is compiled on first use, once per source and toolchain, into a cache folder (see
 :mod:`lstmgen.native.build`; ``LSTMGEN_NATIVE_BUILD=0`` forbids that); if it cannot be
 built or loaded, :func:`recurrence_or_none` says so once on stderr and returns ``None``.
 ``LSTMGEN_NATIVE_THREADS=N``: worker threads, each running the whole loop on its share
 of the batch rows (default: the CPUs this process may use; at least 8 rows each).
-OpenBLAS runs on one thread inside each (``LSTMGEN_NATIVE_BLAS_THREADS`` to change; this
-OpenBLAS is the ``scipy-openblas32`` wheel's own copy, not numpy's or scipy's).
+OpenBLAS, where it runs, runs on one thread inside each (``LSTMGEN_NATIVE_BLAS_THREADS`` to
+change; this OpenBLAS is the ``scipy-openblas32`` wheel's own copy, not numpy's or scipy's).
+
+Example:
+    >>> from lstmgen import native
+    >>> sorted(native.info())[:2] in (["available", "blas_threads"], ["available", "error"])
+    True
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ def _load():
     lib.lstmgen_get_blas_threads.restype = ctypes.c_int
     lib.lstmgen_set_threads.argtypes = [ctypes.c_int]
     lib.lstmgen_get_threads.restype = ctypes.c_int
+    lib.lstmgen_set_packed_gemm.argtypes = [ctypes.c_int]
+    lib.lstmgen_gemm_variant.restype = ctypes.c_char_p
+    lib.lstmgen_set_packed_gemm(int(os.environ.get("LSTMGEN_NATIVE_PACKED", "1") != "0"))
     # OpenBLAS on one thread: its workers busy-wait between the small per-step products
     # (many times slower on a loaded 2-core machine, bench/bench_native_lstm.py). The
     # kernel's own workers split the batch rows instead, with no synchronisation per step.
@@ -83,11 +93,13 @@ def library():
 
 
 def info() -> dict:
-    """What was loaded: the gate-loop variant and OpenBLAS's thread count (or the error)."""
+    """What was loaded: the gate-loop and per-step product variants, the worker threads and
+    OpenBLAS's thread count (or the error)."""
     lib = library()
     if lib is None:
         return {"available": False, "error": repr(_STATE.get("error"))}
     return {"available": True, "gate_variant": lib.lstmgen_gate_variant().decode(),
+            "gemm": lib.lstmgen_gemm_variant().decode(),
             "threads": lib.lstmgen_get_threads(),
             "blas_threads": lib.lstmgen_get_blas_threads()}
 

@@ -6,9 +6,9 @@ Needs a C++17 compiler (``CXX``, default ``g++``), jaxlib's FFI headers
 (``jax.ffi.include_dir()``) and the ``scipy-openblas32`` wheel (a dependency of lstmgen:
 OpenBLAS's headers and ``libscipy_openblas.so``; symbols prefixed ``scipy_``). Flags: ``-O3
 -std=c++17 -fPIC -fno-math-errno -fno-trapping-math`` (the last lets GCC vectorise the
-clamps in the gate loops); no ``-march=native``: the gate loops are compiled for baseline
-x86-64 and for AVX2+FMA in the source (``__attribute__((target))``) and picked at load time
-from the CPU's features.
+clamps in the gate loops); no ``-march=native``: the gate loops and the packed GEMM of the
+per-step products are compiled for baseline x86-64 and for AVX2+FMA in the source
+(``__attribute__((target))``) and picked at load time from the CPU's features.
 
 The library goes to ``LSTMGEN_NATIVE_CACHE`` (default ``~/.cache/lstmgen``, or
 ``$XDG_CACHE_HOME/lstmgen``), named by a hash of the source, the compiler command and the
