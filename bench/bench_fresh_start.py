@@ -10,7 +10,7 @@ run per variant —
                     before the fix),
   * ``R``           the state carried, a share R of the lanes restarted at each window from
                     the learned start state (``Rz``: from zeros, as before it existed);
-                    ``A/B``: a share A in the first epoch, B after it (the default: 0.05/0.3),
+                    ``A/B``: a share A in the first epoch, B after it (the default: 0.04/0.3),
   * ``none``        every window from the start state (``--no-carry-state``),
 
 on tiny-shakespeare (nanoGPT split, seen ~10 times in 10 minutes) and on a corpus seen less

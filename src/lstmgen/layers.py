@@ -228,6 +228,9 @@ class FusedLSTM(keras.layers.LSTM):
     def get_config(self):
         return {**super().get_config(), "weight_drop": self.weight_drop}
 
+    def _drops_weights(self, training) -> bool:
+        return bool(training) and 0.0 < self.weight_drop < 1.0
+
     def fold_embedding(self, embedding: keras.layers.Embedding) -> None:
         """Read ``embedding``'s outputs through its table: called with ``token_ids=`` (the
         embedding layer's input), the layer projects its inputs as rows of
@@ -265,7 +268,7 @@ class FusedLSTM(keras.layers.LSTM):
         return (
             keras.backend.backend() == "jax"
             # Keras's own path uses cuDNN on a GPU, but cannot drop weights.
-            and (not _on_gpu() or (training and self.weight_drop > 0))
+            and (not _on_gpu() or self._drops_weights(training))
             and mask is None
             and not self.go_backwards
             and cell.use_bias
@@ -275,7 +278,7 @@ class FusedLSTM(keras.layers.LSTM):
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not self._fusable(mask, training):
-            if training and self.weight_drop > 0:
+            if self._drops_weights(training):
                 from lstmgen.errors import LstmgenError
 
                 raise LstmgenError(
@@ -309,7 +312,7 @@ class FusedLSTM(keras.layers.LSTM):
             # input is cheaper than transposing the 4x wider projection.
             zs = _project(ops.transpose(sequences, (1, 0, 2)), kernel, in_mask)
         recurrent = ops.convert_to_tensor(cell.recurrent_kernel)
-        if training and 0.0 < self.weight_drop < 1.0:
+        if self._drops_weights(training):
             # DropConnect on the recurrent weights (AWD-LSTM): one mask per batch, shared
             # by every timestep and lane, so the native kernel runs it unchanged.
             recurrent = keras.random.dropout(recurrent, self.weight_drop,
