@@ -616,6 +616,9 @@ class Trainer:
         _wait_for(logs)
         stepping = time.monotonic() - started - (self._overhead - overhead)
         self._seconds_per_step = stepping / (s.step - first)
+        # Wall time per step, validations, samples and checkpoints included: what a re-plan
+        # goes by, since by then they have recurred at their own rate.
+        self._wall_per_step = (time.monotonic() - started) / (s.step - first)
         return True
 
     def _size_schedule_to_time(self) -> None:
@@ -626,10 +629,13 @@ class Trainer:
         from lstmgen.schedule import REPLAN_TOLERANCE, continue_cosine, steps_in_time
 
         c, s = self.config, self.state
-        seconds_per_step = self._seconds_per_step
-        eval_seconds = self._validation_seconds()
-        evals_per_step = 1 / self.order.batches_per_epoch + (
-            1 / c.eval_every if c.eval_every else 0.0)
+        if s.schedule_plans:  # the wall time per step includes everything between steps
+            seconds_per_step, eval_seconds, evals_per_step = self._wall_per_step, 0.0, 0.0
+        else:
+            seconds_per_step = self._seconds_per_step
+            eval_seconds = self._validation_seconds()
+            evals_per_step = 1 / self.order.batches_per_epoch + (
+                1 / c.eval_every if c.eval_every else 0.0)
         left = c.max_time - self.elapsed() - self._compile_seconds
         last = steps_in_time(s.step, left, seconds_per_step, eval_seconds, evals_per_step)
         cap = self.total_steps()
