@@ -16,7 +16,8 @@ Per configuration:
   (and ``openblas``); and the forward alone.
 
 Configurations: H = 256, 512 and 1024 with embedding 128, batch 64 x 128
-(``bench_training.py``'s) and the CLI's default model (embedding 64, LSTM 384, batch 32 x 64).
+(``bench_training.py``'s) and the CLI's default model (embedding 64, LSTM 512, batch
+32 x 64; LSTM 384 before 2026-12-04).
 
     python bench/bench_native_lstm.py                 # all four, 7 repeats
     python bench/bench_native_lstm.py --repeats 5 --only 256
@@ -38,7 +39,7 @@ CONFIGS = {  # name: (embedding, units, batch, seq)
     "256": (128, 256, 64, 128),
     "512": (128, 512, 64, 128),
     "1024": (128, 1024, 64, 128),
-    "default": (64, 384, 32, 64),
+    "default": (64, 512, 32, 64),
 }
 
 

@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=600.0, help="seconds of training")
     parser.add_argument("--quick", action="store_true", help="a 90-second smoke run")
-    parser.add_argument("--units", type=int, default=384)
+    parser.add_argument("--units", type=int, default=512)
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--embedding-dim", type=int, default=64)
     parser.add_argument("--dropout", type=float, default=0.3)

@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--hugepages", action=argparse.BooleanOptionalAction, default=True,
                         help="huge pages for the large buffers, as `lstmgen train` (default)")
     parser.add_argument("--default-model", action="store_true",
-                        help="the CLI's default model and batch: embedding 64, LSTM 384, "
+                        help="the CLI's default model and batch: embedding 64, LSTM 512, "
                              "batch 32 x 64")
     parser.add_argument("--lookup-ablation", action="store_true",
                         help="add lstmgen without the first layer's table lookup ('product')")
@@ -164,7 +164,7 @@ def main() -> None:
     global EMBED, BATCH, SEQ
     if args.default_model:
         EMBED, BATCH, SEQ = 64, 32, 64
-        args.units = args.units or [384]
+        args.units = args.units or [512]
     for name in ("layers", "dropout", "recurrent_dropout"):
         if getattr(args, name) is not None:
             MODEL[name] = getattr(args, name)

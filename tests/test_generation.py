@@ -9,7 +9,7 @@ from lstmgen.checkpoint import save_checkpoint
 from lstmgen.errors import LstmgenError
 from lstmgen.generation import Generator, checkpoint_weights, model_weights
 from lstmgen.model import LanguageModel, ModelConfig
-from lstmgen.tokenizers import CharTokenizer
+from lstmgen.tokenizers import BPETokenizer, CharTokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
 
@@ -83,6 +83,29 @@ def test_prime_edge_cases():
     assert gen.generate("", length=10, seed=0) == gen.generate("\n", length=10, seed=0)
     assert gen.generate("abc", length=0) == [""]
     assert len(gen.generate(["F", "Before we proceed"], length=4, seed=0)) == 2
+
+
+def test_a_prime_that_ends_inside_a_token_is_healed():
+    """BPE: "Before we " ends in a lone space, a token the text has only before line
+    breaks, so a model reading it went on as after a line's end (the demo printed
+    "class  raw"). Healed, the prime loses that token, the first new token must start with
+    it, and the text shows only what follows it."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    tok = BPETokenizer.fit([TEXT * 20], vocab_size=300)
+    assert [tok.decode([i]) for i in tok.encode("Before we ")][-1] == " "
+    lm = LanguageModel(ModelConfig(units=24, embedding_dim=8), tok.vocab_size)
+    set_random_start(lm)
+    gen = Generator.from_model(lm, tok, block=16)
+    pieces = {tok.decode([i]) for i in range(tok.vocab_size)}
+    firsts = gen.generate("Before we ", length=1, num_samples=64, temperature=3.0, seed=0)
+    assert all(" " + t in pieces for t in firsts), firsts
+    assert len(set(firsts)) > 3  # sampled among the tokens that start with the space
+    greedy = gen.generate("Before we ", length=1, temperature=0)[0]
+    assert " " + greedy in pieces
+    both = gen.generate(["Before we ", "hear me"], length=1, temperature=0)  # a row apiece
+    assert both[0] == greedy and " " + both[0] in pieces
 
 
 def test_top_k_one_is_greedy():

@@ -94,7 +94,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model (fixed once a run starts)")
     m.add_argument("--embedding-dim", type=_positive_int, help="embedding size (64)")
-    m.add_argument("--units", type=_positive_int, help="units per recurrent layer (384)")
+    m.add_argument("--units", type=_positive_int, help="units per recurrent layer (512)")
     m.add_argument("--layers", type=_positive_int, help="recurrent layers (1)")
     m.add_argument("--dropout", type=float,
                    help="dropout into each layer after the first and into the output (0.3)")
@@ -485,29 +485,42 @@ def cmd_info(args) -> None:
               "a fresh state)")
 
 
+DEMO_VOCABULARY = 2048
+DEMO_PRIMES = ("def ", "class ", "import ")
+DEMO_SAMPLE_TOKENS = 150  # ~450 characters
+DEMO_TEMPERATURE = 0.6
+
+
 def cmd_demo(args) -> None:
     import lstmgen
     from lstmgen.evaluation import FRESH_START_TOKENS
 
-    print("lstmgen demo: learning to write Python from Python's own standard library.\n"
+    print("lstmgen demo: learning to write Python from Python's own standard library, "
+          "in subword tokens.\n"
           f"Training for {args.max_time:.0f} s; the run goes to {args.out}.", flush=True)
     model = lstmgen.train(
         None, out=args.out, overwrite=True,
+        # Subwords, not characters: an indentation is one token. A character model
+        # of this size cannot count a run of spaces, and at the demo's temperature it fell
+        # into runs of 200-300 of them (bench/RESULTS.md, "The demo's samples").
+        tokenizer="bpe", tokenizer_options={"vocab_size": DEMO_VOCABULARY},
         model=lstmgen.ModelConfig(embedding_dim=64, units=256, layers=1),
         # A constant rate: in 150 s the model is far from converged, and a decaying one
-        # scored worse (1.59 vs 1.51 nats/char, bench/RESULTS.md).
+        # scored worse (for characters: 1.59 vs 1.51 nats/char, bench/RESULTS.md).
         batch_size=32, seq_len=64, learning_rate=4e-3, schedule="constant",
         max_time=args.max_time, eval_every=100, checkpoint_every=250, sample_length=0,
         val_tokens=100_000,
     )
     state = model.state
     if state.get("best_val_fresh_start") is not None:
-        print(f"\nvalidation: {state['best_val_loss']:.4f} nats/char with the state carried "
-              f"through the text; fresh start (first {FRESH_START_TOKENS} characters) "
-              f"{state['best_val_fresh_start']:.4f} nats/char", flush=True)
-    for prime in ("def ", "class ", "import "):
-        text = model.generate(prime, 400, temperature=0.6, seed=len(prime))[0]
-        print(f"\n=== sample (prime {prime!r}, temperature 0.6) ===\n{prime}{text}")
+        print(f"\nvalidation: {state['best_val_loss']:.4f} nats/token with the state carried "
+              f"through the text; fresh start (first {FRESH_START_TOKENS} tokens) "
+              f"{state['best_val_fresh_start']:.4f} nats/token", flush=True)
+    for prime in DEMO_PRIMES:
+        text = model.generate(prime, DEMO_SAMPLE_TOKENS, temperature=DEMO_TEMPERATURE,
+                              seed=len(prime))[0]
+        print(f"\n=== sample (prime {prime!r}, temperature {DEMO_TEMPERATURE}) ===\n"
+              f"{prime}{text}")
 
 
 def cmd_serve(args) -> None:

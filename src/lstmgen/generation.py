@@ -30,6 +30,7 @@ from lstmgen.stopping import StopFilter, stop_list
 
 START_TEXT = "\n"
 BLOCK = 256  # tokens per compiled sampling call
+MASKED = -1e30  # the logit of a token that may not come next (as sampling.filter_logits)
 
 
 def prng_key(seed: int) -> np.ndarray:
@@ -310,6 +311,18 @@ class Generator:
                              c.layers * c.states_per_layer)
         return states, np.zeros((batch, self.tokenizer.vocab_size), np.float32)
 
+    def heal_prime(self, ids: np.ndarray) -> tuple[np.ndarray, bytes, np.ndarray | None]:
+        """The prime's ids to read, the bytes the first token must start with and not show,
+        and the mask of the tokens allowed first: token healing, for tokenizers whose
+        tokens can extend one another (BPE: ``"def "`` ends in a lone space; the model
+        goes on from ``"def"`` with a token such as ``" name"``). Others: as they are."""
+        if not hasattr(self.tokenizer, "heal"):
+            return ids, b"", None
+        kept, skip, allowed = self.tokenizer.heal(ids)
+        if allowed is not None and not len(kept):
+            kept = self.tokenizer.encode(START_TEXT, warn=False)
+        return kept, skip, allowed
+
     def prime_states(self, primes: list[np.ndarray], weights: dict | None = None,
                      start=None):
         """Run each prime's tokens through the model from ``start`` (``(states, logits)``;
@@ -398,9 +411,16 @@ class Generator:
 
     def _blocks(self, text: TextStream, encoded, length, sampling, stops, key, block):
         weights = self._weights()
-        states, logits = self.prime_states(encoded, weights)
+        healed = [self.heal_prime(ids) for ids in encoded]
+        states, logits = self.prime_states([ids for ids, _, _ in healed], weights)
+        if any(allowed is not None for _, _, allowed in healed):
+            logits = np.array(logits)
+            for row, (_, _, allowed) in zip(logits, healed):
+                if allowed is not None:
+                    row[~allowed] = MASKED
         seen = self.seen_tokens(encoded) if sampling.penalizes else None
-        decoders = [self.tokenizer.stream_decoder() for _ in encoded]
+        decoders = [self.tokenizer.stream_decoder(skip) if skip else
+                    self.tokenizer.stream_decoder() for _, skip, _ in healed]
         filters = [StopFilter(stops) for _ in encoded]
         reasons = text.finish_reasons
         produced = 0

@@ -30,7 +30,7 @@ class ModelConfig:
     """
 
     embedding_dim: int = 64
-    units: int = 384
+    units: int = 512
     layers: int = 1
     dropout: float = 0.3
     cell: str = "lstm"
@@ -86,7 +86,7 @@ class ModelConfig:
 
         Example:
             >>> ModelConfig.defaults("word").tie_embeddings, ModelConfig.defaults().units
-            (True, 384)
+            (True, 512)
         """
         return cls(**WORD_MODEL_DEFAULTS) if tokenizer == "word" else cls()
 

@@ -437,12 +437,17 @@ def _byte_alphabet() -> list[str]:
 class _Utf8StreamDecoder:
     """Joins token bytes and emits only whole UTF-8 characters; ``flush`` ends the stream."""
 
-    def __init__(self, token_bytes: list[bytes]):
+    def __init__(self, token_bytes: list[bytes], skip: bytes = b""):
         self._token_bytes = token_bytes
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._skip = len(skip)  # bytes the stream repeats of its prime (token healing)
 
     def feed(self, token_id: int) -> str:
-        return self._decoder.decode(self._token_bytes[int(token_id)])
+        data = self._token_bytes[int(token_id)]
+        if self._skip:
+            cut = min(self._skip, len(data))
+            data, self._skip = data[cut:], self._skip - cut
+        return self._decoder.decode(data)
 
     def flush(self) -> str:
         return self._decoder.decode(b"", final=True)
@@ -482,6 +487,7 @@ class BPETokenizer:
         # any split of the id stream, even one that cuts a character in two.
         self._chars = np.array([sum((b & 0xC0) != 0x80 for b in t) for t in self.token_bytes],
                                dtype=np.int64)
+        self._extensions: dict[bytes, np.ndarray] = {}  # heal()'s masks by token bytes
 
     @property
     def vocab_size(self) -> int:
@@ -557,8 +563,35 @@ class BPETokenizer:
         """Characters of the decoded text (exact for ids of whole UTF-8 text)."""
         return int(self._chars[np.asarray(ids, dtype=np.int64).reshape(-1)].sum())
 
-    def stream_decoder(self) -> _Utf8StreamDecoder:
-        return _Utf8StreamDecoder(self.token_bytes)
+    def stream_decoder(self, skip: bytes = b"") -> _Utf8StreamDecoder:
+        """Decodes ids one at a time; ``skip``: bytes the stream starts with that are not
+        shown (what :meth:`heal` took from the prime)."""
+        return _Utf8StreamDecoder(self.token_bytes, skip)
+
+    def heal(self, ids: np.ndarray) -> tuple[np.ndarray, bytes, np.ndarray | None]:
+        """Token healing: a prime's last token may be the start of a longer one — ``"def "``
+        ends in a lone space where the text goes on with ``" name"`` — and a model that
+        read the lone token has almost never seen what follows it. So the prime loses that
+        token and the first generated token must start with its bytes. Returns the ids to
+        read, those bytes, and the (vocab,) mask of the tokens allowed first (``None``: no
+        longer token starts with it; nothing to heal).
+
+        Example:
+            >>> tok = BPETokenizer.fit(["the then them\\n"] * 20, vocab_size=270)
+            >>> ids, skip, allowed = tok.heal(tok.encode("the the"))
+            >>> tok.decode(ids), skip, sorted(tok.decode([i]) for i in allowed.nonzero()[0])
+            ('the', b' the', [' the', ' them', ' then'])
+        """
+        if not len(ids):
+            return ids, b"", None
+        piece = self.token_bytes[int(ids[-1])]
+        allowed = self._extensions.get(piece)
+        if allowed is None:
+            allowed = np.array([t.startswith(piece) for t in self.token_bytes])
+            self._extensions[piece] = allowed
+        if allowed.sum() < 2:
+            return ids, b"", None
+        return ids[:-1], piece, allowed
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "tokenizer": self.tokenizer.to_str()}
