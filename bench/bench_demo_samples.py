@@ -7,7 +7,8 @@ sample's), how many samples hold a run longer than any in the corpus, and the sh
 samples' identifiers that occur in the corpus (a crude "reads like Python" figure).
 
     lstmgen demo --out /tmp/demo_bpe                     # the demo as it is (subwords)
-    git stash; lstmgen demo --out /tmp/demo_char; git stash pop   # or any char run of it
+    git checkout fe40fbe -- src/lstmgen/cli.py           # the demo before: characters
+    lstmgen demo --out /tmp/demo_char; git checkout HEAD -- src/lstmgen/cli.py
     python bench/bench_demo_samples.py /tmp/demo_char /tmp/demo_bpe
 """
 

@@ -411,16 +411,17 @@ class Generator:
 
     def _blocks(self, text: TextStream, encoded, length, sampling, stops, key, block):
         weights = self._weights()
-        healed = [self.heal_prime(ids) for ids in encoded]
-        states, logits = self.prime_states([ids for ids, _, _ in healed], weights)
-        if any(allowed is not None for _, _, allowed in healed):
+        read, skips, firsts = zip(*(self.heal_prime(ids) for ids in encoded))
+        states, logits = self.prime_states(list(read), weights)
+        if any(allowed is not None for allowed in firsts):
             logits = np.array(logits)
-            for row, (_, _, allowed) in zip(logits, healed):
+            for row, allowed in zip(logits, firsts):
                 if allowed is not None:
                     row[~allowed] = MASKED
         seen = self.seen_tokens(encoded) if sampling.penalizes else None
+        # Only tokenizers that heal take a skip (it is b"" for the others).
         decoders = [self.tokenizer.stream_decoder(skip) if skip else
-                    self.tokenizer.stream_decoder() for _, skip, _ in healed]
+                    self.tokenizer.stream_decoder() for skip in skips]
         filters = [StopFilter(stops) for _ in encoded]
         reasons = text.finish_reasons
         produced = 0
