@@ -687,6 +687,11 @@ class Trainer:
     def _agreed_stop(self) -> bool:
         """Every process must stop at the same step: they agree with a tiny collective."""
         self._stop_agreed = self.cluster.any(self.interrupted or self._should_stop())
+        if self._stop_agreed and not self.cluster.any(self.interrupted) \
+                and self.state.stop_reason is None:
+            # Only the processes' clocks differ (steps, limits and validations agree): a
+            # peer's time budget ran out first.
+            self.state.stop_reason = "time budget reached"
         return self._stop_agreed
 
     def end_of_epoch(self) -> None:
