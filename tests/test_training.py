@@ -70,7 +70,7 @@ class InterruptAt:
         return _Interrupt()
 
 
-@pytest.mark.parametrize("kind", ["plain", "carry", "words", "averaged"])
+@pytest.mark.parametrize("kind", ["plain", "carry", "words"])
 def test_ctrl_c_then_resume_is_bit_identical_to_straight_training(tmp_path, small_text,
                                                                   kind):
     carry_state = kind != "plain"
@@ -84,8 +84,6 @@ def test_ctrl_c_then_resume_is_bit_identical_to_straight_training(tmp_path, smal
                         model=lstmgen.ModelConfig(units=32, embedding_dim=32, dropout=0.2,
                                                   softmax="adaptive", cutoffs=[500, 1500],
                                                   tie_embeddings=True))
-    if kind == "averaged":  # the weights' moving average goes on across the resume
-        settings.update(average_weights=0.9)
     straight = tmp_path / "straight"
     lstmgen.train(small_text, out=straight, **settings)
     half = tmp_path / "half"
@@ -99,10 +97,6 @@ def test_ctrl_c_then_resume_is_bit_identical_to_straight_training(tmp_path, smal
     assert lstmgen.load(half, checkpoint="last").state["step"] == 3 * epoch_steps
     for a, b in zip(weights_of(straight), weights_of(half)):
         np.testing.assert_array_equal(a, b)
-    if kind == "averaged":
-        best = [lstmgen.load(r).lm.training_model.get_weights() for r in (straight, half)]
-        for a, b in zip(*best):
-            np.testing.assert_array_equal(a, b)
     rows = list(csv.DictReader(open(half / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == [epoch_steps, 2 * epoch_steps, 3 * epoch_steps]
     if carry_state:  # the carried states were saved with the checkpoint and restored
@@ -142,29 +136,6 @@ def test_the_first_pass_over_the_text_restarts_its_own_share_of_lanes(tmp_path, 
     assert lstmgen.TrainConfig(first_epoch_reset=None, state_reset=0.4).reset_share(0) == 0.4
 
 
-def test_averaged_weights_are_validated_kept_and_trained_past(tmp_path, small_text):
-    text = small_text.read_text(encoding="utf-8")
-    cut = text.rfind("\n", 0, len(text) * 9 // 10) + 1
-    (tmp_path / "train.txt").write_text(text[:cut], encoding="utf-8")
-    (tmp_path / "val.txt").write_text(text[cut:], encoding="utf-8")
-    out = tmp_path / "run"
-    lstmgen.train(tmp_path / "train.txt", val=[tmp_path / "val.txt"], out=out, model=TINY,
-                  batch_size=16, seq_len=32, epochs=2, average_weights=0.999,
-                  sample_length=0, verbose=0)
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
-    averaged, raw = float(rows[-1]["val_loss"]), float(rows[-1]["val_loss_raw"])
-    assert averaged != raw
-    # Early in a run the average forgets fast: it is no average of the initial weights
-    # (Keras's own momentum from step 0: ~4.2 nats here against ~2.9).
-    assert averaged < raw + 0.1
-    # The best checkpoint holds the average, the last one the weights training goes on from.
-    best, last = lstmgen.load(out), lstmgen.load(out, checkpoint="last")
-    assert best.info()["best_step"] == int(rows[-1]["step"])
-    val = tmp_path / "val.txt"
-    assert best.evaluate(val).loss == pytest.approx(averaged, abs=2e-3)
-    assert last.evaluate(val).loss == pytest.approx(raw, abs=2e-3)
-
-
 def test_bad_settings_are_one_line_errors(tmp_path, small_text):
     with pytest.raises(LstmgenError, match="batch-size must be a positive integer"):
         lstmgen.train(small_text, out=tmp_path / "a", batch_size=0)
@@ -176,8 +147,6 @@ def test_bad_settings_are_one_line_errors(tmp_path, small_text):
         lstmgen.train(small_text, out=tmp_path / "a", first_epoch_reset=1.5)
     with pytest.raises(LstmgenError, match="state-reset must be a share"):
         lstmgen.train(small_text, out=tmp_path / "a", state_reset=-0.1)
-    with pytest.raises(LstmgenError, match=r"average-weights must be a momentum in \[0, 1\)"):
-        lstmgen.train(small_text, out=tmp_path / "a", average_weights=1.0)
     with pytest.raises(LstmgenError, match="epochs must be a positive integer"):
         lstmgen.train(small_text, out=tmp_path / "a", epochs=0)
     with pytest.raises(LstmgenError, match="units must be a positive integer"):

@@ -41,8 +41,7 @@ EXAMPLES = {
 MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "recurrent_dropout",
               "weight_drop", "cell",
               "softmax", "cutoffs", "tie_embeddings", "learned_start")
-TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "average_weights",
-              "epochs", "max_steps",
+TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
               "max_time", "schedule", "warmup_steps", "val_fraction", "val_tokens",
               "eval_every", "checkpoint_every", "early_stopping", "sample_length", "seed",
               "carry_state", "state_reset", "first_epoch_reset", "tensorboard",
@@ -125,9 +124,6 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--seq-len", type=_positive_int, help="tokens per sequence (64)")
     t.add_argument("--learning-rate", type=float, help="Adam learning rate (4e-3)")
     t.add_argument("--clipnorm", type=float, help="gradient norm clip (5)")
-    t.add_argument("--average-weights", type=float, metavar="MOMENTUM",
-                   help="validate, keep the best checkpoint and sample from a moving average "
-                   "of the weights (e.g. 0.999: about the last 1,000 steps) (0: off)")
     t.add_argument("--epochs", type=_positive_int,
                    help="passes over the training text (10; with --max-time, as many as fit)")
     t.add_argument("--max-steps", type=_positive_int, help="stop after this many steps")

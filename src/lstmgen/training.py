@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from lstmgen import atomic
-from lstmgen.averaging import averaged_weights
 from lstmgen.checkpoint import load_checkpoint, save_checkpoint
 from lstmgen.corpus import default_corpus
 from lstmgen.dataset import EncodedCorpus, WindowDataset, WindowOrder, encode_corpus
@@ -45,7 +44,7 @@ RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_time", "early_stopping", "che
                        "eval_every", "sample_length", "val_tokens", "tensorboard")
 METRIC_FIELDS = ("step", "epoch", "elapsed_s", "tokens", "learning_rate", "train_loss",
                  "val_loss", "val_bpc", "val_perplexity", "val_word_perplexity",
-                 "val_fresh_start", "val_loss_raw")
+                 "val_fresh_start")
 
 
 @dataclass
@@ -63,9 +62,6 @@ class TrainConfig:
     seq_len: int = 64
     learning_rate: float = 4e-3
     clipnorm: float = 5.0
-    # Validate, keep the best checkpoint and sample from a moving average of the weights with
-    # this momentum per step (lstmgen.averaging); 0: the trained weights themselves.
-    average_weights: float = 0.0
     # Passes over the training text; None: DEFAULT_EPOCHS, or with max_time as many as fit in
     # the time (the cosine schedule is then sized to the time budget: lstmgen.schedule).
     epochs: int | None = None
@@ -112,12 +108,6 @@ class TrainConfig:
             raise LstmgenError(f"learning-rate must be > 0, got {self.learning_rate}")
         if not self.clipnorm > 0:
             raise LstmgenError(f"clipnorm must be > 0, got {self.clipnorm}")
-        if (isinstance(self.average_weights, bool)
-                or not isinstance(self.average_weights, (int, float))
-                or not 0.0 <= self.average_weights < 1.0):
-            raise LstmgenError(f"average-weights must be a momentum in [0, 1), got "
-                               f"{self.average_weights!r}",
-                               hint="0.999 averages over about the last 1,000 steps; 0: off")
         if self.max_time is not None and not self.max_time > 0:
             raise LstmgenError(f"max-time must be > 0 seconds, got {self.max_time}")
         if self.schedule not in SCHEDULES:
@@ -442,7 +432,8 @@ class Trainer:
         return steps
 
     def _compile(self) -> None:
-        from lstmgen.averaging import averaging_adam
+        import keras
+
         from lstmgen.heads import token_fractions, training_loss
         from lstmgen.schedule import WarmupCosine
 
@@ -462,7 +453,7 @@ class Trainer:
         fractions = (token_fractions(self.data.train, model.cutoffs)
                      if model.softmax == "adaptive" else None)
         self.model.compile(
-            optimizer=averaging_adam(lr, c.clipnorm, c.average_weights),
+            optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=c.clipnorm),
             loss=training_loss(model.softmax, self.lm.head, fractions),
         )
         self.model.optimizer.build(self.model.trainable_variables)
@@ -530,9 +521,6 @@ class Trainer:
                     self.evaluate_and_record()
                 self.print_sample()
             self.save("last")
-            if c.average_weights and s.best_step is None:  # no validation chose a best
-                with averaged_weights(self.model):
-                    self.save("best")
         if self.verbose:
             print(f"done: {s.stop_reason} at step {s.step}; best validation loss "
                   f"{_fmt(s.best_val_loss)} nats/token, {_fmt(s.best_val_bpc)} bits/char "
@@ -725,12 +713,9 @@ class Trainer:
         started = time.monotonic()
         s.elapsed = self.elapsed()
         self._last_eval_step = s.step
-        val = raw = None
+        val = None
         if self.data.meta.n_val > 1:
-            if self.config.average_weights:  # what the average gains: the raw weights' loss
-                raw = self._validate().loss
-            with averaged_weights(self.model):
-                val = self._validate()
+            val = self._validate()
         self._evals_run += 1
         row = {
             "step": s.step, "epoch": s.epoch + (s.batch / self.order.batches_per_epoch),
@@ -742,7 +727,6 @@ class Trainer:
             "val_perplexity": val.perplexity if val else None,
             "val_word_perplexity": val.word_perplexity if val else None,
             "val_fresh_start": val.fresh_start if val else None,
-            "val_loss_raw": raw,
         }
         self.append_metrics(row)
         if self.tensorboard:
@@ -753,8 +737,7 @@ class Trainer:
                 s.best_val_fresh_start = val.fresh_start
                 s.best_val_word_perplexity = val.word_perplexity
                 s.evals_without_improvement = 0
-                with averaged_weights(self.model):
-                    self.save("best")
+                self.save("best")
             else:
                 s.evals_without_improvement += 1
         if self.verbose:
@@ -762,10 +745,7 @@ class Trainer:
                      f"perplexity {val.perplexity:.2f}"
                      + (f" ({val.word_perplexity:.1f} per word)"
                         if val.word_perplexity and self.tokenizer.kind != "char" else "")
-                     + f", fresh start {_fmt(val.fresh_start)}"
-                     + (f" (weights averaged; the trained weights: {raw:.4f})"
-                        if raw is not None else "")
-                     if val else "no validation split")
+                     + f", fresh start {_fmt(val.fresh_start)}" if val else "no validation split")
             print(f"step {s.step}: train loss {_fmt(row['train_loss'])}, {vtext}", flush=True)
         self.plot()
         self._eval_seconds = time.monotonic() - started
@@ -778,9 +758,8 @@ class Trainer:
             from lstmgen.generation import Generator
 
             self.generator = Generator.from_model(self.lm, self.tokenizer)
-        with averaged_weights(self.model):
-            text = self.generator.generate("", length, temperature=0.8,
-                                           seed=self.config.seed + self.state.step)[0]
+        text = self.generator.generate("", length, temperature=0.8,
+                                       seed=self.config.seed + self.state.step)[0]
         block = f"--- sample at step {self.state.step} ---\n{text}\n"
         if not self.writes:
             return
