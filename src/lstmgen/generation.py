@@ -25,12 +25,11 @@ import numpy as np
 from lstmgen.errors import LstmgenError
 from lstmgen.heads import jax_ops, output_log_probs, output_shapes
 from lstmgen.model import ModelConfig, start_batch
-from lstmgen.sampling import Sampling, filter_logits
+from lstmgen.sampling import MASKED, Sampling, filter_logits
 from lstmgen.stopping import StopFilter, stop_list
 
 START_TEXT = "\n"
 BLOCK = 256  # tokens per compiled sampling call
-MASKED = -1e30  # the logit of a token that may not come next (as sampling.filter_logits)
 
 
 def prng_key(seed: int) -> np.ndarray:

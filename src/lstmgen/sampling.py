@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from lstmgen.errors import LstmgenError
 
+MASKED = -1e30  # the logit of a token that may not come next
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -85,7 +87,7 @@ def filter_logits(logits, temperature, top_k: int, top_p, min_p=None):
     import jax
     import jax.numpy as jnp
 
-    neg_inf = jnp.full_like(logits, -1e30)
+    neg_inf = jnp.full_like(logits, MASKED)
     logits = logits / jnp.maximum(temperature, 1e-6)
     if top_k:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]

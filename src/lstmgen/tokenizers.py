@@ -48,6 +48,7 @@ character; ``stream_decoder()`` holds such bytes back until the character is com
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 import unicodedata
 import warnings
@@ -487,7 +488,8 @@ class BPETokenizer:
         # any split of the id stream, even one that cuts a character in two.
         self._chars = np.array([sum((b & 0xC0) != 0x80 for b in t) for t in self.token_bytes],
                                dtype=np.int64)
-        self._extensions: dict[bytes, np.ndarray] = {}  # heal()'s masks by token bytes
+        # heal()'s masks by token bytes, bounded: a server sees endless different primes.
+        self._extensions = functools.lru_cache(maxsize=1024)(self._tokens_starting_with)
 
     @property
     def vocab_size(self) -> int:
@@ -585,13 +587,13 @@ class BPETokenizer:
         if not len(ids):
             return ids, b"", None
         piece = self.token_bytes[int(ids[-1])]
-        allowed = self._extensions.get(piece)
-        if allowed is None:
-            allowed = np.array([t.startswith(piece) for t in self.token_bytes])
-            self._extensions[piece] = allowed
+        allowed = self._extensions(piece)
         if allowed.sum() < 2:
             return ids, b"", None
         return ids[:-1], piece, allowed
+
+    def _tokens_starting_with(self, piece: bytes) -> np.ndarray:
+        return np.array([t.startswith(piece) for t in self.token_bytes])
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "tokenizer": self.tokenizer.to_str()}
