@@ -27,7 +27,24 @@ def test_recurrent_dropout_is_random_in_training_and_off_at_inference(cell):
                                np.asarray(plain.training_model(x)), atol=1e-6)
 
 
-@pytest.mark.parametrize("field, value", [("dropout", 1.0), ("recurrent_dropout", -0.1),
+def test_input_dropout_is_random_in_training_and_off_at_inference():
+    # 200 tokens of 9: enough per vocabulary entry that the first layer would read its
+    # inputs from the folded table, which holds undropped embeddings.
+    x = np.random.default_rng(0).integers(0, 9, size=(4, 50)).astype("int32")
+    noisy = LanguageModel(ModelConfig(units=16, embedding_dim=8, dropout=0.0,
+                                      input_dropout=0.5), vocab_size=9)
+    plain = LanguageModel(ModelConfig(units=16, embedding_dim=8, dropout=0.0), vocab_size=9)
+    plain.training_model.set_weights(noisy.training_model.get_weights())
+    a, b = (np.asarray(noisy.training_model(x, training=True)) for _ in range(2))
+    assert not np.allclose(a, b)  # a fresh mask per call
+    np.testing.assert_allclose(np.asarray(plain.training_model(x, training=True)),
+                               np.asarray(plain.training_model(x)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(noisy.training_model(x)),
+                               np.asarray(plain.training_model(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("field, value", [("dropout", 1.0), ("input_dropout", 1.0),
+                                          ("recurrent_dropout", -0.1),
                                           ("recurrent_dropout", "0.2"), ("units", 0),
                                           ("learned_start", "yes")])
 def test_bad_sizes_are_clear_errors(field, value):

@@ -238,14 +238,15 @@ def planned_rate(plans, step, at_plan=False):
     from lstmgen.schedule import WarmupCosine
 
     _, hold, last = ([p for p in plans if p[0] < step + at_plan] or plans)[-1]
-    return float(WarmupCosine(4e-3, warmup=10, hold=hold, total=last)(step))
+    return float(WarmupCosine(4e-3, warmup=10, hold=hold, total=last,
+                              alpha=lstmgen.TrainConfig().lr_floor)(step))
 
 
 def assert_planned_rates(rows, plans, floor_after=None):
     for row in rows:
         step, rate = int(row["step"]), float(row["learning_rate"])
         if floor_after is not None and step >= floor_after:
-            assert rate == pytest.approx(4e-4, rel=1e-5)
+            assert rate == pytest.approx(4e-3 * lstmgen.TrainConfig().lr_floor, rel=1e-5)
             continue
         rates = {planned_rate(plans, step), planned_rate(plans, step, at_plan=True)}
         assert any(rate == pytest.approx(r, rel=1e-5) for r in rates), (step, rate, rates)
@@ -285,7 +286,7 @@ def test_a_time_budget_sizes_the_schedule_and_resume_keeps_it(tmp_path, small_te
     assert resumed["step"] > state["step"] and resumed["elapsed"] >= 20.0
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert int(rows[-1]["step"]) == resumed["step"]
-    # The saved schedule on, its floor a tenth of the peak past its end.
+    # The saved schedule on, at its floor past its end.
     assert_planned_rates(rows, plans, floor_after=last)
 
 
@@ -314,3 +315,20 @@ def test_a_slow_start_is_planned_again_to_use_the_budget(tmp_path, small_text):
     # long test session they slowed by up to 1.5x after the re-plan; real runs, whose steps
     # are compute: bench/RESULTS.md).
     assert 0.7 * state["step"] <= second <= 2.0 * state["step"], state
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.25])
+def test_the_cosine_ends_at_its_floor(tmp_path, small_text, floor):
+    lstmgen.train(small_text, out=tmp_path / "r", model=TINY, batch_size=8, seq_len=32,
+                  epochs=50, max_steps=12, warmup_steps=2, lr_floor=floor, eval_every=4,
+                  sample_length=0, verbose=0)
+    rates = {int(r["step"]): float(r["learning_rate"])
+             for r in csv.DictReader(open(tmp_path / "r" / "metrics.csv"))}
+    assert rates[4] > rates[8] > rates[12]
+    assert rates[12] == pytest.approx(4e-3 * floor, abs=1e-9)
+
+
+@pytest.mark.parametrize("floor", [-0.1, 1.5, True])
+def test_an_impossible_floor_is_refused(floor):
+    with pytest.raises(LstmgenError, match="lr-floor"):
+        lstmgen.TrainConfig(lr_floor=floor).validate()

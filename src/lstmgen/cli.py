@@ -38,12 +38,13 @@ EXAMPLES = {
   # OpenAI-compatible: openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x")""",
 }
 
-MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "recurrent_dropout",
-              "weight_drop", "cell",
-              "softmax", "cutoffs", "tie_embeddings", "learned_start")
+MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "input_dropout",
+              "recurrent_dropout", "weight_drop", "cell", "softmax", "cutoffs",
+              "tie_embeddings", "learned_start")
 TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
-              "max_time", "schedule", "warmup_steps", "val_fraction", "val_tokens",
-              "eval_every", "checkpoint_every", "early_stopping", "sample_length", "seed",
+              "max_time", "schedule", "warmup_steps", "lr_floor", "val_fraction",
+              "val_tokens", "eval_every", "checkpoint_every", "early_stopping",
+              "sample_length", "seed",
               "carry_state", "state_reset", "first_epoch_reset", "tensorboard",
               "encoding_errors")
 
@@ -98,6 +99,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--layers", type=_positive_int, help="recurrent layers (1)")
     m.add_argument("--dropout", type=float,
                    help="dropout into each layer after the first and into the output (0.3)")
+    m.add_argument("--input-dropout", type=float,
+                   help="dropout on the first layer's inputs (the embedded tokens), one mask "
+                   "per sequence (0)")
     m.add_argument("--recurrent-dropout", type=float,
                    help="dropout on the recurrent state, one mask per sequence (0)")
     m.add_argument("--weight-drop", type=float,
@@ -134,6 +138,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="learning-rate schedule (cosine)")
     t.add_argument("--warmup-steps", type=_nonneg_int,
                    help="linear warm-up steps of the cosine schedule (100)")
+    t.add_argument("--lr-floor", type=float, metavar="SHARE",
+                   help="the cosine schedule's last learning rate, as a share of "
+                   "--learning-rate (0.01)")
     t.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,
                    help="carry the LSTM state from batch to batch along contiguous lanes of "
                    "the text (truncated BPTT; the default), or start each randomly drawn "
@@ -464,8 +471,9 @@ def cmd_info(args) -> None:
     print(f"run             {info['run']} (lstmgen {info['lstmgen_version']})")
     print(f"model           {model['layers']} x {model['cell'].upper()} {model['units']}, "
           f"embedding {model['embedding_dim']}, dropout {model['dropout']}"
-          + (f", recurrent dropout {model['recurrent_dropout']}"
-             if model.get("recurrent_dropout") else ""))
+          + "".join(f", {name.replace('_', ' ')} {model[name]}"
+                    for name in ("input_dropout", "recurrent_dropout", "weight_drop")
+                    if model.get(name)))
     print(f"parameters      {info['parameters']:,}")
     print(f"tokenizer       {info['tokenizer']}, vocabulary {info['vocab_size']:,}")
     print(f"corpus          {', '.join(corpus.get('sources', [])) or '?'} "

@@ -302,7 +302,8 @@ class FusedLSTM(keras.layers.LSTM):
         kernel = ops.convert_to_tensor(cell.kernel)
         embedding = self._embedding() if self._embedding else None
         token_ids = self._token_ids
-        if (embedding is not None and token_ids is not None and in_mask is None
+        dropped = training and 0.0 < cell.dropout < 1.0  # the table holds undropped inputs
+        if (embedding is not None and token_ids is not None and not dropped
                 and None not in token_ids.shape
                 and folds_embedding(int(np.prod(token_ids.shape)), embedding.input_dim)):
             zs = _project_tokens(ops.transpose(token_ids), ops.convert_to_tensor(

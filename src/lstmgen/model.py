@@ -33,6 +33,8 @@ class ModelConfig:
     units: int = 512
     layers: int = 1
     dropout: float = 0.3
+    # Dropout on the first layer's inputs (the embedded tokens), one mask per sequence.
+    input_dropout: float = 0.0
     cell: str = "lstm"
     # Variational dropout on the recurrent state (one mask per sequence, Gal & Ghahramani).
     recurrent_dropout: float = 0.0
@@ -52,7 +54,7 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise LstmgenError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("dropout", "recurrent_dropout", "weight_drop"):
+        for name in ("dropout", "input_dropout", "recurrent_dropout", "weight_drop"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise LstmgenError(f"{name.replace('_', '-')} must be in [0, 1), got {value!r}")
@@ -167,7 +169,7 @@ class LanguageModel:
         rnn = FusedLSTM if config.cell == "lstm" else keras.layers.GRU
         self.rnns = [
             rnn(config.units, return_sequences=True, return_state=True,
-                dropout=config.dropout if i > 0 else 0.0,
+                dropout=config.dropout if i > 0 else config.input_dropout,
                 recurrent_dropout=config.recurrent_dropout, name=f"{config.cell}_{i}",
                 **({"weight_drop": config.weight_drop} if config.weight_drop else {}),
                 **rnn_init)

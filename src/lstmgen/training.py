@@ -69,6 +69,9 @@ class TrainConfig:
     max_time: float | None = None
     schedule: str = "cosine"
     warmup_steps: int = 100
+    # The cosine's last learning rate, as a share of the peak: 0.01 against 0.1 measured
+    # 1.4236 against 1.4353 with the defaults' 10 minutes on tiny-shakespeare (bench/RESULTS.md).
+    lr_floor: float = 0.01
     schedule_steps: int | None = None
     val_fraction: float = 0.05
     val_tokens: int | None = 1_000_000
@@ -115,6 +118,10 @@ class TrainConfig:
                                hint=f"use one of {', '.join(SCHEDULES)}")
         if self.warmup_steps < 0:
             raise LstmgenError(f"warmup-steps must be >= 0, got {self.warmup_steps}")
+        if (isinstance(self.lr_floor, bool) or not isinstance(self.lr_floor, (int, float))
+                or not 0.0 <= self.lr_floor <= 1.0):
+            raise LstmgenError(f"lr-floor must be a share of the learning rate in [0, 1], "
+                               f"got {self.lr_floor!r}")
         if not 0 <= self.val_fraction < 1:
             raise LstmgenError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
         if not isinstance(self.carry_state, bool):
@@ -448,7 +455,7 @@ class Trainer:
                 length = c.schedule_steps or self.total_steps()
                 warmup = min(c.warmup_steps, length // 10)  # a short run: a short warm-up
             lr = self.schedule = WarmupCosine(c.learning_rate, warmup=warmup, hold=warmup,
-                                              total=length)
+                                              total=length, alpha=c.lr_floor)
         model = self.lm.config
         fractions = (token_fractions(self.data.train, model.cutoffs)
                      if model.softmax == "adaptive" else None)
