@@ -76,7 +76,8 @@ def run_lstmgen(wiki: Path, args) -> dict:
     model = replace(lstmgen.ModelConfig.defaults("word"), **overrides)
     train = lstmgen.TrainConfig.defaults("word")
     train_overrides = {k: v for k, v in dict(batch_size=args.batch_size, seq_len=args.seq_len,
-                                             learning_rate=args.learning_rate).items()
+                                             learning_rate=args.learning_rate,
+                                             lr_floor=args.lr_floor).items()
                        if v is not None}
     tmp = Path(tempfile.mkdtemp(prefix="wt2-"))
     vocab_size = args.vocab_size or (40_000 if args.tokenizer == "word" else 8_192)
@@ -239,6 +240,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--lr-floor", type=float, default=None,
+                        help="the cosine's last learning rate, a share of the peak")
     parser.add_argument("--eval-tokens", type=int, default=None,
                         help="score only the first N tokens of valid/test (smoke runs)")
     parser.add_argument("--eval-every", type=int, default=150,
