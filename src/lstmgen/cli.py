@@ -44,9 +44,8 @@ MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "input_dropout",
 TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
               "max_time", "schedule", "warmup_steps", "lr_floor", "val_fraction",
               "val_tokens", "eval_every", "checkpoint_every", "early_stopping",
-              "sample_length", "seed",
-              "carry_state", "state_reset", "first_epoch_reset", "tensorboard",
-              "encoding_errors")
+              "sample_length", "seed", "carry_state", "state_reset", "first_epoch_reset",
+              "tensorboard", "encoding_errors")
 
 
 def _positive_int(text: str) -> int:

@@ -118,15 +118,11 @@ class TrainConfig:
                                hint=f"use one of {', '.join(SCHEDULES)}")
         if self.warmup_steps < 0:
             raise LstmgenError(f"warmup-steps must be >= 0, got {self.warmup_steps}")
-        if (isinstance(self.lr_floor, bool) or not isinstance(self.lr_floor, (int, float))
-                or not 0.0 <= self.lr_floor <= 1.0):
-            raise LstmgenError(f"lr-floor must be a share of the learning rate in [0, 1], "
-                               f"got {self.lr_floor!r}")
         if not 0 <= self.val_fraction < 1:
             raise LstmgenError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
         if not isinstance(self.carry_state, bool):
             raise LstmgenError(f"carry-state must be true or false, got {self.carry_state!r}")
-        for name in ("state_reset", "first_epoch_reset"):
+        for name in ("lr_floor", "state_reset", "first_epoch_reset"):
             value = getattr(self, name)
             if value is None and name == "first_epoch_reset":
                 continue
