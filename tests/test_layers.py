@@ -266,3 +266,88 @@ def test_weight_drop_needs_the_fused_loop_and_says_so():
     fused(X, mask=mask)  # inference: nothing to drop, the stock loop runs
     with pytest.raises(LstmgenError, match="weight-drop runs in lstmgen's own LSTM loop"):
         fused(X, mask=mask, training=True)
+
+
+def plain_zoneout_lstm(x, h0, c0, kernel, recurrent, bias, m_c, m_h):
+    """Zoneout's LSTM written plainly (batch-major x; masks (T, batch, units), 1 where a unit
+    keeps its previous value), differentiated by autodiff: the reference for the fused
+    layer's loops and their hand-written gradients."""
+    import jax.numpy as jnp
+
+    def step(carry, inputs):
+        h, c = carry
+        x_t, keep_c, keep_h = inputs
+        i, f, g, o = jnp.split(x_t @ kernel + h @ recurrent + bias, 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+        c = keep_c * c + (1 - keep_c) * (f * c + i * g)
+        h = keep_h * h + (1 - keep_h) * o * jnp.tanh(c)
+        return (h, c), h
+
+    (h, c), hs = jax.lax.scan(step, (h0, c0), (jnp.swapaxes(x, 0, 1), m_c, m_h))
+    return jnp.swapaxes(hs, 0, 1), h, c
+
+
+def zoneout_masks(layer, generator_state, steps, batch):
+    """The masks a training call of ``layer`` draws from its seed generator's state."""
+    generator = layer.cell.seed_generator
+    generator.state.assign(generator_state)
+    return [np.asarray(keras.random.uniform((steps, batch, layer.units), seed=generator) < p,
+                       "float32") for p in (layer.zoneout, layer.zoneout_hidden)]
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_zoneout_draws_masks_in_training_and_uses_their_expectation_at_inference(
+        monkeypatch, native):
+    monkeypatch.setenv("LSTMGEN_NATIVE", native)
+    _, fused = pair(seed=3)
+    plain_outputs = np.asarray(fused(X, initial_state=[H0, C0])[0])
+    fused.zoneout, fused.zoneout_hidden = 0.5, 0.2
+    weights = fused.get_weights()
+    steps, batch = X.shape[1], X.shape[0]
+
+    # Inference: the expectation, the same every call.
+    shares = [np.full((steps, batch, 4), p, "float32") for p in (0.5, 0.2)]
+    expected = plain_zoneout_lstm(X, H0, C0, *weights, *shares)
+    got = fused(X, initial_state=[H0, C0])
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    assert np.abs(np.asarray(got[0]) - plain_outputs).max() > 1e-2
+
+    # Training: Bernoulli masks, per unit, lane and step; outputs and every weight's
+    # gradient those of the plain recurrence with the masks drawn.
+    before = np.asarray(fused.cell.seed_generator.state.value)
+    (value, grads) = loss_and_grads(fused, X, H0, C0, training=True)
+    masks = zoneout_masks(fused, before, steps, batch)
+    assert 0.4 < masks[0].mean() < 0.6 and 0.1 < masks[1].mean() < 0.3
+
+    def reference(weights, x, h0, c0):
+        seq, h, c = plain_zoneout_lstm(x, h0, c0, *weights, *masks)
+        scale = np.linspace(-1, 1, seq.size, dtype="float32").reshape(seq.shape)
+        return (seq * scale).sum() + (h**2).sum() + (c * 0.5).sum()
+
+    value_r, grads_r = jax.value_and_grad(reference, argnums=(0, 1, 2, 3))(
+        weights, X, H0, C0)
+    np.testing.assert_allclose(float(value), float(value_r), rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_r)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
+    # Each training call draws new masks.
+    first = np.asarray(fused(X, training=True)[0])
+    assert np.abs(first - np.asarray(fused(X, training=True)[0])).max() > 1e-3
+
+
+def test_zoneout_is_a_model_setting_with_clear_errors():
+    lm = LanguageModel(ModelConfig(units=8, embedding_dim=4, zoneout=0.25,
+                                   zoneout_hidden=0.05), 10)
+    assert (lm.rnns[0].zoneout, lm.rnns[0].zoneout_hidden) == (0.25, 0.05)
+    saved = ModelConfig.from_dict(lm.config.to_dict())
+    assert (saved.zoneout, saved.zoneout_hidden) == (0.25, 0.05)
+    assert ModelConfig.from_dict({"units": 8}).zoneout == 0.0  # runs saved before it
+    with pytest.raises(LstmgenError, match="zoneout-hidden must be in"):
+        ModelConfig(zoneout_hidden=1.0).validate()
+    with pytest.raises(LstmgenError, match="--zoneout needs the LSTM cell"):
+        ModelConfig(zoneout=0.2, cell="gru").validate()
+    _, fused = pair()
+    fused.zoneout = 0.3
+    # Zoneout changes inference too, so the stock loop can never stand in for it.
+    with pytest.raises(LstmgenError, match="zoneout runs in lstmgen's own LSTM loop"):
+        fused(X, mask=np.ones((3, 7), bool))
