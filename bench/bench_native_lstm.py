@@ -89,7 +89,7 @@ def recurrence_steps(units: int, batch: int, seq: int, threads: int):
             jnp.asarray(rng.normal(size=(units, 4 * units)) / np.sqrt(units), "float32"),
             jnp.zeros(4 * units, "float32"))
     jax_fn = lstmgen.layers._make_recurrence()
-    impls = {"jax": lambda *a: jax_fn(*a, None, None), "native": native.recurrence_or_none()}
+    impls = {"jax": lambda *a: jax_fn(*a, None), "native": native.recurrence_or_none()}
 
     def grad_of(fn):
         def loss(*a):

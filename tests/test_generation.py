@@ -14,22 +14,20 @@ from lstmgen.tokenizers import BPETokenizer, CharTokenizer
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
 
 
-def make_generator(cell="lstm", layers=2, **config):
+def make_generator(cell="lstm", layers=2):
     import keras
 
     keras.utils.set_random_seed(0)
     tok = CharTokenizer.fit([TEXT])
-    lm = LanguageModel(ModelConfig(units=24, embedding_dim=8, layers=layers, cell=cell,
-                                   **config), tok.vocab_size)
+    lm = LanguageModel(ModelConfig(units=24, embedding_dim=8, layers=layers, cell=cell),
+                       tok.vocab_size)
     set_random_start(lm)
     return Generator.from_model(lm, tok, block=16), tok, lm
 
 
-@pytest.mark.parametrize("cell,config", [("lstm", {}), ("gru", {}),
-                                         ("lstm", {"zoneout": 0.5, "zoneout_hidden": 0.2})],
-                         ids=["lstm", "gru", "lstm-zoneout"])
-def test_carried_state_matches_running_the_whole_prefix(cell, config):
-    gen, tok, lm = make_generator(cell, **config)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_carried_state_matches_running_the_whole_prefix(cell):
+    gen, tok, lm = make_generator(cell)
     primes = [TEXT[:1], TEXT[:7], TEXT[:40], TEXT * 3]  # shorter and longer than training
     _, logits = gen.prime_states([tok.encode(p) for p in primes])
     for prime, got in zip(primes, np.asarray(logits)):

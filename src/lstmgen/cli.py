@@ -39,8 +39,8 @@ EXAMPLES = {
 }
 
 MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "input_dropout",
-              "recurrent_dropout", "weight_drop", "zoneout", "zoneout_hidden", "cell",
-              "softmax", "cutoffs", "tie_embeddings", "learned_start")
+              "recurrent_dropout", "weight_drop", "cell", "softmax", "cutoffs",
+              "tie_embeddings", "learned_start")
 TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
               "max_time", "schedule", "warmup_steps", "lr_floor", "val_fraction",
               "val_tokens", "eval_every", "checkpoint_every", "early_stopping",
@@ -105,11 +105,6 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="dropout on the recurrent state, one mask per sequence (0)")
     m.add_argument("--weight-drop", type=float,
                    help="DropConnect on the recurrent weights, one mask per batch (0)")
-    m.add_argument("--zoneout", type=float,
-                   help="zoneout: each unit keeps its previous cell state with this "
-                   "probability at every step in training (0)")
-    m.add_argument("--zoneout-hidden", type=float,
-                   help="zoneout on the hidden state, likewise (0)")
     m.add_argument("--cell", choices=("lstm", "gru"), help="recurrent cell (lstm)")
     m.add_argument("--softmax", choices=("auto", "full", "adaptive"),
                    help="output layer: adaptive softmax for large vocabularies (auto: from "
@@ -476,8 +471,7 @@ def cmd_info(args) -> None:
     print(f"model           {model['layers']} x {model['cell'].upper()} {model['units']}, "
           f"embedding {model['embedding_dim']}, dropout {model['dropout']}"
           + "".join(f", {name.replace('_', ' ')} {model[name]}"
-                    for name in ("input_dropout", "recurrent_dropout", "weight_drop",
-                                 "zoneout", "zoneout_hidden")
+                    for name in ("input_dropout", "recurrent_dropout", "weight_drop")
                     if model.get(name)))
     print(f"parameters      {info['parameters']:,}")
     print(f"tokenizer       {info['tokenizer']}, vocabulary {info['vocab_size']:,}")

@@ -156,7 +156,6 @@ class Generator:
         self._fixed = (None if callable(weights) else
                        jax.device_put(step_weights(weights, config)))
         cell = config.cell
-        zone_c, zone_h = config.zoneout, config.zoneout_hidden
         xp = jax_ops()
 
         def step(weights, tokens, states):
@@ -171,11 +170,9 @@ class Generator:
                     h, c = states[2 * i], states[2 * i + 1]
                     z = projected + h @ layer["recurrent"]
                     gi, gf, gc, go = jnp.split(z, 4, axis=-1)
-                    c_new = sigmoid(gf) * c + sigmoid(gi) * jnp.tanh(gc)
-                    # Zoneout at inference: the expectation of the training masks.
-                    c_new = zone_c * c + (1 - zone_c) * c_new
-                    h = zone_h * h + (1 - zone_h) * sigmoid(go) * jnp.tanh(c_new)
-                    new_states += [h, c_new]
+                    c = sigmoid(gf) * c + sigmoid(gi) * jnp.tanh(gc)
+                    h = sigmoid(go) * jnp.tanh(c)
+                    new_states += [h, c]
                 else:
                     h = states[i]
                     x_z, x_r, x_h = jnp.split(projected, 3, axis=-1)

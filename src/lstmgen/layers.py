@@ -24,12 +24,6 @@ and so does a GPU, where Keras runs cuDNN's LSTM.
 one layer and no recurrent dropout (1.13x on the CLI's default model), 1.27x with recurrent
 dropout, 1.50x with two layers and recurrent dropout (``bench/RESULTS.md``).
 
-Two regularisers the stock layer lacks run in the same loops: ``weight_drop`` (DropConnect on
-the recurrent weights, one mask per batch) and zoneout (``zoneout`` on the cell state,
-``zoneout_hidden`` on the hidden state; Krueger et al. 2016: in training each unit keeps its
-previous value with that probability at every step, inference uses the expectation, and
-:mod:`lstmgen.generation`'s step does the same).
-
 Without recurrent dropout, the time loop runs in a native kernel when it builds and loads
 (:mod:`lstmgen.native`: one XLA FFI call per loop, a packed-weight GEMM per step, the gate
 maths fused in C++); ``LSTMGEN_NATIVE=0`` keeps the JAX loop.
@@ -63,42 +57,33 @@ def _make_recurrence():
         blocks = jnp.split(recurrent, 4, axis=1)
         return lambda h: jnp.concatenate([(h * m) @ r for m, r in zip(rec_mask, blocks)], -1)
 
-    # Zoneout (zone is None, or the masks (m_c, m_h), each (T, batch, units), 1 where a
-    # unit keeps its previous value that step): c_t = m_c c_{t-1} + (1 - m_c) c~_t,
-    # h_t = m_h h_{t-1} + (1 - m_h) o tanh(c_t). Their cotangents are zero.
-    def forward(zs, h0, c0, recurrent, bias, rec_mask, zone):
+    def forward(zs, h0, c0, recurrent, bias, rec_mask):
         recurrent_product = recur(recurrent, rec_mask)
 
-        def step(carry, inputs):
+        def step(carry, z_t):
             h, c = carry
-            z_t, m_c, m_h = inputs
             i, f, g, o = jnp.split(z_t + bias + recurrent_product(h), 4, axis=-1)
             i, f, g, o = _sigmoid(i), _sigmoid(f), jnp.tanh(g), _sigmoid(o)
-            c_new = f * c + i * g
-            if m_c is not None:
-                c_new = m_c * c + (1 - m_c) * c_new
-            h_new = o * jnp.tanh(c_new)
-            if m_h is not None:
-                h_new = m_h * h + (1 - m_h) * h_new
-            return (h_new, c_new), (h_new, c_new, jnp.concatenate([i, f, g, o], axis=-1))
+            c = f * c + i * g
+            h = o * jnp.tanh(c)
+            return (h, c), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
 
-        masks = (None, None) if zone is None else zone
-        (h, c), (hs, cs, acts) = jax.lax.scan(step, (h0, c0), (zs, *masks))
+        (h, c), (hs, cs, acts) = jax.lax.scan(step, (h0, c0), zs)
         return hs, cs, acts, h, c
 
     # The time loop over the projected inputs zs (time-major); the input projection is
     # plain code around it, so autodiff forms its gradients as single large products.
     @jax.custom_vjp
-    def recurrence(zs, h0, c0, recurrent, bias, rec_mask, zone):
-        hs, _, _, h, c = forward(zs, h0, c0, recurrent, bias, rec_mask, zone)
+    def recurrence(zs, h0, c0, recurrent, bias, rec_mask):
+        hs, _, _, h, c = forward(zs, h0, c0, recurrent, bias, rec_mask)
         return hs, h, c
 
-    def recurrence_fwd(zs, h0, c0, recurrent, bias, rec_mask, zone):
-        hs, cs, acts, h, c = forward(zs, h0, c0, recurrent, bias, rec_mask, zone)
-        return (hs, h, c), (h0, c0, recurrent, hs, cs, acts, rec_mask, zone)
+    def recurrence_fwd(zs, h0, c0, recurrent, bias, rec_mask):
+        hs, cs, acts, h, c = forward(zs, h0, c0, recurrent, bias, rec_mask)
+        return (hs, h, c), (h0, c0, recurrent, hs, cs, acts, rec_mask)
 
     def recurrence_bwd(saved, grads):
-        h0, c0, recurrent, hs, cs, acts, rec_mask, zone = saved
+        h0, c0, recurrent, hs, cs, acts, rec_mask = saved
         d_hs, d_h_last, d_c_last = grads
         c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)
         if rec_mask is None:
@@ -113,26 +98,17 @@ def _make_recurrence():
 
         def step(carry, inputs):
             dh_next, dc_next = carry
-            act, cp, c_t, dh_out, m_c, m_h = inputs
+            act, cp, c_t, dh_out = inputs
             i, f, g, o = jnp.split(act, 4, axis=-1)
             tc = jnp.tanh(c_t)
             dh = dh_out + dh_next
-            dh_kept = None
-            if m_c is not None:  # the kept share reaches h_{t-1} and c_{t-1} directly
-                dh, dh_kept = (1 - m_h) * dh, m_h * dh
             dc = dc_next + dh * o * (1.0 - tc * tc)
-            dc_kept = None
-            if m_c is not None:
-                dc, dc_kept = (1 - m_c) * dc, m_c * dc
             dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp * f * (1 - f),
                                   dc * i * (1 - g * g), dh * tc * o * (1 - o)], axis=-1)
-            if m_c is None:
-                return (d_h_prev(dz), dc * f), dz
-            return (d_h_prev(dz) + dh_kept, dc * f + dc_kept), dz
+            return (d_h_prev(dz), dc * f), dz
 
-        masks = (None, None) if zone is None else zone
         (dh0, dc0), dz = jax.lax.scan(
-            step, (d_h_last, d_c_last), (acts, c_prev, cs, d_hs, *masks), reverse=True
+            step, (d_h_last, d_c_last), (acts, c_prev, cs, d_hs), reverse=True
         )
         # The recurrent kernel's gradient is one large product over all timesteps, not a
         # small one per step accumulated in the loop.
@@ -144,8 +120,7 @@ def _make_recurrence():
                 [jnp.einsum("tbh,tbg->hg", h_prev * m, d)
                  for m, d in zip(rec_mask, jnp.split(dz, 4, axis=-1))], axis=1)
         zero_mask = None if rec_mask is None else jnp.zeros_like(rec_mask)
-        zero_zone = None if zone is None else tuple(jnp.zeros_like(m) for m in zone)
-        return (dz, dh0, dc0, d_recurrent, dz.sum(axis=(0, 1)), zero_mask, zero_zone)
+        return (dz, dh0, dc0, d_recurrent, dz.sum(axis=(0, 1)), zero_mask)
 
     recurrence.defvjp(recurrence_fwd, recurrence_bwd)
     return recurrence
@@ -214,20 +189,14 @@ def _native_recurrence(zs, recurrent, rec_mask):
     return native.recurrence_or_none()
 
 
-def _recurrence(zs, h0, c0, recurrent, bias, rec_mask=None, zone=None):
-    """``zone``: None, or the zoneout masks ``(m_c, m_h)``, each of shape ``(1,)`` (one
-    share for every unit and step: inference) or ``(T, batch, units)`` (training)."""
+def _recurrence(zs, h0, c0, recurrent, bias, rec_mask=None):
     native = _native_recurrence(zs, recurrent, rec_mask)
     if native is not None:
-        return native(zs, h0, c0, recurrent, bias, *(zone or ()))
+        return native(zs, h0, c0, recurrent, bias)
     global _RECURRENCE
     if _RECURRENCE is None:
         _RECURRENCE = _make_recurrence()
-    if zone is not None:
-        shape = (*zs.shape[:2], recurrent.shape[0])
-        zone = tuple(ops.broadcast_to(m.reshape(-1)[0] if m.size == 1 else m, shape)
-                     for m in zone)
-    return _RECURRENCE(zs, h0, c0, recurrent, bias, rec_mask, zone)
+    return _RECURRENCE(zs, h0, c0, recurrent, bias, rec_mask)
 
 
 @keras.saving.register_keras_serializable(package="lstmgen")
@@ -252,38 +221,15 @@ class FusedLSTM(keras.layers.LSTM):
     _embedding = None  # a weakref.ref to the Embedding layer whose outputs this one reads
     _token_ids = None  # that layer's input, during a call
 
-    def __init__(self, units, weight_drop: float = 0.0, zoneout: float = 0.0,
-                 zoneout_hidden: float = 0.0, **kwargs):
+    def __init__(self, units, weight_drop: float = 0.0, **kwargs):
         super().__init__(units, **kwargs)
         self.weight_drop = float(weight_drop)
-        self.zoneout = float(zoneout)
-        self.zoneout_hidden = float(zoneout_hidden)
 
     def get_config(self):
-        return {**super().get_config(), "weight_drop": self.weight_drop,
-                "zoneout": self.zoneout, "zoneout_hidden": self.zoneout_hidden}
+        return {**super().get_config(), "weight_drop": self.weight_drop}
 
     def _drops_weights(self, training) -> bool:
         return bool(training) and 0.0 < self.weight_drop < 1.0
-
-    def _zones_out(self) -> bool:
-        return self.zoneout > 0.0 or self.zoneout_hidden > 0.0
-
-    def _zone_masks(self, steps: int, batch: int, training):
-        """Zoneout's masks ``(m_c, m_h)`` (1: the unit keeps its previous value): Bernoulli
-        draws per unit, lane and step in training, the shares themselves (their
-        expectation, shape ``(1,)``) at inference; ``None`` without zoneout."""
-        if not self._zones_out():
-            return None
-        masks = []
-        for share in (self.zoneout, self.zoneout_hidden):
-            if training and share > 0.0:
-                draw = keras.random.uniform((steps, batch, self.units),
-                                            seed=self.cell.seed_generator)
-                masks.append(ops.cast(draw < share, "float32"))
-            else:
-                masks.append(ops.full((1,), share, "float32"))
-        return tuple(masks)
 
     def fold_embedding(self, embedding: keras.layers.Embedding) -> None:
         """Read ``embedding``'s outputs through its table: called with ``token_ids=`` (the
@@ -321,8 +267,8 @@ class FusedLSTM(keras.layers.LSTM):
         cell = self.cell
         return (
             keras.backend.backend() == "jax"
-            # Keras's own path uses cuDNN on a GPU, but cannot drop weights or zone out.
-            and (not _on_gpu() or self._drops_weights(training) or self._zones_out())
+            # Keras's own path uses cuDNN on a GPU, but cannot drop weights.
+            and (not _on_gpu() or self._drops_weights(training))
             and mask is None
             and not self.go_backwards
             and cell.use_bias
@@ -332,14 +278,13 @@ class FusedLSTM(keras.layers.LSTM):
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not self._fusable(mask, training):
-            if self._drops_weights(training) or self._zones_out():
+            if self._drops_weights(training):
                 from lstmgen.errors import LstmgenError
 
-                what = "--weight-drop" if self._drops_weights(training) else "--zoneout"
                 raise LstmgenError(
-                    f"{what} runs in lstmgen's own LSTM loop, which needs the JAX "
+                    "--weight-drop runs in lstmgen's own LSTM loop, which needs the JAX "
                     "backend, no masking and go_backwards=False",
-                    hint=f"set KERAS_BACKEND=jax, or do without {what}")
+                    hint="set KERAS_BACKEND=jax, or train without --weight-drop")
             return super().inner_loop(sequences, initial_state, mask, training=training)
         cell = self.cell
         h0, c0 = initial_state
@@ -373,8 +318,7 @@ class FusedLSTM(keras.layers.LSTM):
             # by every timestep and lane, so the native kernel runs it unchanged.
             recurrent = keras.random.dropout(recurrent, self.weight_drop,
                                              seed=cell.seed_generator)
-        zone = self._zone_masks(zs.shape[0], zs.shape[1], training)
         hs, h, c = _recurrence(zs, h0, c0, recurrent, ops.convert_to_tensor(cell.bias),
-                               rec_mask, zone)
+                               rec_mask)
         outputs = ops.transpose(hs, (1, 0, 2)) if self.return_sequences else h
         return h, outputs, [h, c]

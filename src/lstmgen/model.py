@@ -40,10 +40,6 @@ class ModelConfig:
     recurrent_dropout: float = 0.0
     # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per batch.
     weight_drop: float = 0.0
-    # Zoneout (Krueger et al. 2016): each unit keeps its previous cell (hidden) value with
-    # this probability at every step in training; inference uses the expectation.
-    zoneout: float = 0.0
-    zoneout_hidden: float = 0.0
     # The output layer (lstmgen.heads): "full", "adaptive" (for large vocabularies), or
     # "auto" (adaptive from 8192 tokens; a run stores what it resolved to).
     softmax: str = "auto"
@@ -58,18 +54,15 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise LstmgenError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("dropout", "input_dropout", "recurrent_dropout", "weight_drop", "zoneout",
-                     "zoneout_hidden"):
+        for name in ("dropout", "input_dropout", "recurrent_dropout", "weight_drop"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise LstmgenError(f"{name.replace('_', '-')} must be in [0, 1), got {value!r}")
         if self.cell not in CELLS:
             raise LstmgenError(f"unknown cell {self.cell!r}", hint="use lstm or gru")
-        for name in ("weight_drop", "zoneout", "zoneout_hidden"):
-            if getattr(self, name) and self.cell != "lstm":
-                flag = name.replace("_", "-")
-                raise LstmgenError(f"--{flag} needs the LSTM cell",
-                                   hint=f"add --cell lstm, or --{flag} 0")
+        if self.weight_drop and self.cell != "lstm":
+            raise LstmgenError("--weight-drop needs the LSTM cell",
+                               hint="add --cell lstm, or --weight-drop 0")
         from lstmgen.heads import SOFTMAXES
 
         if self.softmax not in SOFTMAXES:
@@ -179,8 +172,6 @@ class LanguageModel:
                 dropout=config.dropout if i > 0 else config.input_dropout,
                 recurrent_dropout=config.recurrent_dropout, name=f"{config.cell}_{i}",
                 **({"weight_drop": config.weight_drop} if config.weight_drop else {}),
-                **({"zoneout": config.zoneout, "zoneout_hidden": config.zoneout_hidden}
-                   if config.zoneout or config.zoneout_hidden else {}),
                 **rnn_init)
             for i in range(config.layers)
         ]

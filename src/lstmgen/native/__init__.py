@@ -5,9 +5,9 @@ custom call: each step's ``h @ recurrent`` / ``dz @ recurrent.T`` by a register-
 AVX2+FMA GEMM on the recurrent weights packed once per call (OpenBLAS's ``sgemm`` from the
 ``scipy-openblas32`` wheel on CPUs without AVX2+FMA, or with ``LSTMGEN_NATIVE_PACKED=0``),
 the gate maths fused in one vectorised pass per step. :func:`recurrence_or_none` gives a
-drop-in for the function of ``lstmgen.layers._make_recurrence()`` with ``rec_mask=None``
-(zoneout included): the same ``jax.custom_vjp`` structure, the weight gradients kept as
-single XLA products over all timesteps.
+drop-in for the function of ``lstmgen.layers._make_recurrence()`` with ``rec_mask=None``: the
+same ``jax.custom_vjp`` structure, the weight gradients kept as single XLA products over all
+timesteps.
 
 The library is compiled on first use, once per source and toolchain, into a cache folder (see
 :mod:`lstmgen.native.build`; ``LSTMGEN_NATIVE_BUILD=0`` forbids that); if it cannot be
@@ -115,7 +115,7 @@ def _make_recurrence():
     import jax
     import jax.numpy as jnp
 
-    def forward(zs, h0, c0, recurrent, bias, zone_c, zone_h):
+    def forward(zs, h0, c0, recurrent, bias):
         steps, batch, gates = zs.shape
         units = recurrent.shape[0]
         f32 = jnp.float32
@@ -123,49 +123,39 @@ def _make_recurrence():
         seq = jax.ShapeDtypeStruct((steps, batch, units), f32)
         out = (seq, seq, jax.ShapeDtypeStruct((steps, batch, gates), f32), state, state)
         return jax.ffi.ffi_call(FWD_TARGET, out, vmap_method="sequential")(
-            zs, h0, c0, recurrent, bias, zone_c, zone_h)
+            zs, h0, c0, recurrent, bias)
 
-    def backward(acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent, zone_c, zone_h):
+    def backward(acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent):
         state = jax.ShapeDtypeStruct(c0.shape, jnp.float32)
         out = (jax.ShapeDtypeStruct(acts.shape, jnp.float32), state, state)
         return jax.ffi.ffi_call(BWD_TARGET, out, vmap_method="sequential")(
-            acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent, zone_c, zone_h)
+            acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent)
 
     @jax.custom_vjp
-    def recurrence(zs, h0, c0, recurrent, bias, zone_c, zone_h):
-        hs, _, _, h, c = forward(zs, h0, c0, recurrent, bias, zone_c, zone_h)
+    def recurrence(zs, h0, c0, recurrent, bias):
+        hs, _, _, h, c = forward(zs, h0, c0, recurrent, bias)
         return hs, h, c
 
-    def recurrence_fwd(zs, h0, c0, recurrent, bias, zone_c, zone_h):
-        hs, cs, acts, h, c = forward(zs, h0, c0, recurrent, bias, zone_c, zone_h)
-        return (hs, h, c), (h0, c0, recurrent, hs, cs, acts, zone_c, zone_h)
+    def recurrence_fwd(zs, h0, c0, recurrent, bias):
+        hs, cs, acts, h, c = forward(zs, h0, c0, recurrent, bias)
+        return (hs, h, c), (h0, c0, recurrent, hs, cs, acts)
 
     def recurrence_bwd(saved, grads):
-        h0, c0, recurrent, hs, cs, acts, zone_c, zone_h = saved
+        h0, c0, recurrent, hs, cs, acts = saved
         d_hs, d_h_last, d_c_last = grads
-        dz, dh0, dc0 = backward(acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent, zone_c,
-                                zone_h)
+        dz, dh0, dc0 = backward(acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent)
         # As in the JAX path: the weight gradients are single large XLA products.
         h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
         d_recurrent = jnp.einsum("tbh,tbg->hg", h_prev, dz)
-        return (dz, dh0, dc0, d_recurrent, dz.sum(axis=(0, 1)), jnp.zeros_like(zone_c),
-                jnp.zeros_like(zone_h))
+        return dz, dh0, dc0, d_recurrent, dz.sum(axis=(0, 1))
 
     recurrence.defvjp(recurrence_fwd, recurrence_bwd)
-
-    def call(zs, h0, c0, recurrent, bias, zone_c=None, zone_h=None):
-        off = jnp.zeros((0,), jnp.float32)
-        return recurrence(zs, h0, c0, recurrent, bias,
-                          off if zone_c is None else zone_c, off if zone_h is None else zone_h)
-
-    return call
+    return recurrence
 
 
 def recurrence_or_none():
-    """The native ``recurrence(zs, h0, c0, recurrent, bias, zone_c=None, zone_h=None) ->
-    (hs, h_last, c_last)`` (float32, time-major ``zs``; the zoneout masks ``None``, one share
-    of shape ``(1,)`` or ``(T, B, H)``, 1 where a unit keeps its value), or ``None`` when the
-    library is unavailable."""
+    """The native ``recurrence(zs, h0, c0, recurrent, bias) -> (hs, h_last, c_last)``
+    (float32, time-major ``zs``), or ``None`` when the library is unavailable."""
     if library() is None:
         return None
     with _LOCK:

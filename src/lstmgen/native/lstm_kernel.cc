@@ -4,15 +4,9 @@
 // Layout (the same as lstmgen.layers._make_recurrence): time-major zs (T, B, 4H), recurrent
 // (H, 4H), gate order i, f, g, o, sigmoid(x) = 0.5 * tanh(0.5 x) + 0.5.
 //
-//   lstm_fwd(zs, h0, c0, recurrent, bias, zone_c, zone_h) -> hs (T,B,H), cs (T,B,H),
-//                                           acts (T,B,4H), h_last (B,H), c_last (B,H)
-//   lstm_bwd(acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent, zone_c, zone_h)
-//                                        -> dz (T,B,4H), dh0, dc0
-//
-// Zoneout (Krueger et al. 2016): zone_c and zone_h hold no element (off), one (the same
-// share everywhere: inference, the expectation) or T*B*H (training: 1 where the unit keeps its
-// previous value that step). With zoneout, c_t = m_c c_{t-1} + (1 - m_c)(f c_{t-1} + i g) and
-// h_t = m_h h_{t-1} + (1 - m_h) o tanh(c_t).
+//   lstm_fwd(zs, h0, c0, recurrent, bias) -> hs (T,B,H), cs (T,B,H), acts (T,B,4H),
+//                                           h_last (B,H), c_last (B,H)
+//   lstm_bwd(acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent) -> dz (T,B,4H), dh0, dc0
 //
 // The batch rows are split across worker threads (lstmgen_set_threads), each running the
 // whole loop on its rows.
@@ -89,15 +83,11 @@ static inline __attribute__((always_inline)) float fast_sigmoid(float x) {
 }
 
 // One forward step's gates for B rows: a holds h_prev @ recurrent (B, 4H) on entry and the
-// activated gates on exit; z the step's projected inputs. With zoneout (kZone), mc and mh
-// (B,H) are the step's masks (1: the unit keeps its previous value), h_prev the previous
-// hidden state; without, they are not read.
-template <bool kZone>
+// activated gates on exit; z the step's projected inputs.
 static inline __attribute__((always_inline)) void fwd_gates_impl(
     int64_t B, int64_t H, const float* __restrict z, const float* __restrict bias,
     float* __restrict a, const float* __restrict c_prev, float* __restrict c_out,
-    const float* __restrict h_prev, float* __restrict h_out, const float* __restrict mc,
-    const float* __restrict mh) {
+    float* __restrict h_out) {
   for (int64_t b = 0; b < B; ++b) {
     float* __restrict ar = a + b * 4 * H;
     const float* __restrict zr = z + b * 4 * H;
@@ -111,35 +101,22 @@ static inline __attribute__((always_inline)) void fwd_gates_impl(
       float g = fast_tanh(ar[2 * H + j] + zr[2 * H + j] + bias[2 * H + j]);
       float o = fast_sigmoid(ar[3 * H + j] + zr[3 * H + j] + bias[3 * H + j]);
       float c = f * cp[j] + i * g;
-      if constexpr (kZone) {
-        const float keep = mc[b * H + j];
-        c = keep * cp[j] + (1.0f - keep) * c;
-      }
       ar[j] = i;
       ar[H + j] = f;
       ar[2 * H + j] = g;
       ar[3 * H + j] = o;
       cr[j] = c;
-      float h = o * fast_tanh(c);
-      if constexpr (kZone) {
-        const float keep = mh[b * H + j];
-        h = keep * h_prev[b * H + j] + (1.0f - keep) * h;
-      }
-      hr[j] = h;
+      hr[j] = o * fast_tanh(c);
     }
   }
 }
 
-// One backward step: dh (B,H) holds the carried gradient of h_t on entry (dz_{t+1} @
-// recurrent^T, plus the zoned-out share), dc (B,H) the carried gradient of c; writes dz
-// (B,4H) and dc <- the gradient of c_{t-1}. With zoneout also dh_keep = m_h dh_t, the part
-// of h_t's gradient that reaches h_{t-1} directly (added after the product).
-template <bool kZone>
+// One backward step: dh (B,H) holds dz_{t+1} @ recurrent^T on entry (the carried gradient
+// of h), dc (B,H) the carried gradient of c; writes dz (B,4H) and dc <- dc_t * f.
 static inline __attribute__((always_inline)) void bwd_gates_impl(
     int64_t B, int64_t H, const float* __restrict a, const float* __restrict c_prev,
     const float* __restrict c_t, const float* __restrict dh_out,
-    const float* __restrict dh_next, float* __restrict dc_carry, float* __restrict dz,
-    const float* __restrict mc, const float* __restrict mh, float* __restrict dh_keep) {
+    const float* __restrict dh_next, float* __restrict dc_carry, float* __restrict dz) {
   for (int64_t b = 0; b < B; ++b) {
     const float* __restrict ar = a + b * 4 * H;
     const float* __restrict cp = c_prev + b * H;
@@ -153,21 +130,12 @@ static inline __attribute__((always_inline)) void bwd_gates_impl(
       float i = ar[j], f = ar[H + j], g = ar[2 * H + j], o = ar[3 * H + j];
       float tc = fast_tanh(ct[j]);
       float dh = dho[j] + dhn[j];
-      if constexpr (kZone) {
-        dh_keep[b * H + j] = mh[b * H + j] * dh;
-        dh *= 1.0f - mh[b * H + j];
-      }
       float dc = dcr[j] + dh * o * (1.0f - tc * tc);
-      float dc_keep = 0.0f;
-      if constexpr (kZone) {
-        dc_keep = mc[b * H + j] * dc;
-        dc *= 1.0f - mc[b * H + j];
-      }
       dzr[j] = dc * g * i * (1.0f - i);
       dzr[H + j] = dc * cp[j] * f * (1.0f - f);
       dzr[2 * H + j] = dc * i * (1.0f - g * g);
       dzr[3 * H + j] = dh * tc * o * (1.0f - o);
-      dcr[j] = dc * f + dc_keep;
+      dcr[j] = dc * f;
     }
   }
 }
@@ -176,36 +144,16 @@ using FwdGates = void (*)(int64_t, int64_t, const float*, const float*, float*, 
                           float*, float*);
 using BwdGates = void (*)(int64_t, int64_t, const float*, const float*, const float*,
                           const float*, const float*, float*, float*);
-using FwdZoneGates = void (*)(int64_t, int64_t, const float*, const float*, float*,
-                              const float*, float*, const float*, float*, const float*,
-                              const float*);
-using BwdZoneGates = void (*)(int64_t, int64_t, const float*, const float*, const float*,
-                              const float*, const float*, float*, float*, const float*,
-                              const float*, float*);
 
 #define LSTM_GATE_VARIANT(suffix, attr)                                                     \
   attr void fwd_gates_##suffix(int64_t B, int64_t H, const float* z, const float* bias,     \
                                float* a, const float* c_prev, float* c_out, float* h_out) { \
-    fwd_gates_impl<false>(B, H, z, bias, a, c_prev, c_out, nullptr, h_out, nullptr, nullptr); \
+    fwd_gates_impl(B, H, z, bias, a, c_prev, c_out, h_out);                                 \
   }                                                                                         \
   attr void bwd_gates_##suffix(int64_t B, int64_t H, const float* a, const float* c_prev,   \
                                const float* c_t, const float* dh_out, const float* dh_next, \
                                float* dc_carry, float* dz) {                                \
-    bwd_gates_impl<false>(B, H, a, c_prev, c_t, dh_out, dh_next, dc_carry, dz, nullptr,    \
-                          nullptr, nullptr);                                              \
-  }                                                                                         \
-  attr void fwd_zone_##suffix(int64_t B, int64_t H, const float* z, const float* bias,      \
-                              float* a, const float* c_prev, float* c_out,                  \
-                              const float* h_prev, float* h_out, const float* mc,           \
-                              const float* mh) {                                            \
-    fwd_gates_impl<true>(B, H, z, bias, a, c_prev, c_out, h_prev, h_out, mc, mh);           \
-  }                                                                                         \
-  attr void bwd_zone_##suffix(int64_t B, int64_t H, const float* a, const float* c_prev,    \
-                              const float* c_t, const float* dh_out, const float* dh_next,  \
-                              float* dc_carry, float* dz, const float* mc, const float* mh, \
-                              float* dh_keep) {                                             \
-    bwd_gates_impl<true>(B, H, a, c_prev, c_t, dh_out, dh_next, dc_carry, dz, mc, mh,       \
-                         dh_keep);                                                          \
+    bwd_gates_impl(B, H, a, c_prev, c_t, dh_out, dh_next, dc_carry, dz);                    \
   }
 
 LSTM_GATE_VARIANT(generic, )
@@ -378,8 +326,6 @@ using PackedGemm = void (*)(int64_t, const float*, int64_t, const PackedB&, floa
 struct Dispatch {
   FwdGates fwd = fwd_gates_generic;
   BwdGates bwd = bwd_gates_generic;
-  FwdZoneGates fwd_zone = fwd_zone_generic;
-  BwdZoneGates bwd_zone = bwd_zone_generic;
   PackedGemm gemm = nullptr;  // nullptr: OpenBLAS's sgemm for the per-step products
   const char* name = "generic";
   Dispatch() {
@@ -388,8 +334,6 @@ struct Dispatch {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
       fwd = fwd_gates_avx2;
       bwd = bwd_gates_avx2;
-      fwd_zone = fwd_zone_avx2;
-      bwd_zone = bwd_zone_avx2;
       gemm = gemm_packed_avx2;
       name = "avx2+fma";
     }
@@ -483,41 +427,9 @@ bool plan_packed(const Dispatch& d, int64_t K, int64_t N, PackedB& pb) {
   return pb.data != nullptr;
 }
 
-// A zoneout mask as the loops read it: M rows of H for each step of one worker's chunk.
-struct ZoneMask {
-  const float* data = nullptr;  // per element: (T, B, H)
-  std::vector<float> fill;      // otherwise one value everywhere (zeros when off)
-  int64_t B = 0, H = 0;
-  const float* at(int64_t t, int64_t b0) const {
-    return data != nullptr ? data + (t * B + b0) * H : fill.data();
-  }
-};
-
-ZoneMask zone_mask(const ffi::Buffer<ffi::F32>& m, int64_t B, int64_t H, int64_t M) {
-  ZoneMask z;
-  z.B = B, z.H = H;
-  const int64_t count = static_cast<int64_t>(m.element_count());
-  if (count > 1) {
-    z.data = m.typed_data();
-  } else {
-    z.fill.assign(M * H, count == 1 ? m.typed_data()[0] : 0.0f);
-  }
-  return z;
-}
-
-bool zone_counts_ok(const ffi::Buffer<ffi::F32>& zc, const ffi::Buffer<ffi::F32>& zh,
-                    int64_t T, int64_t B, int64_t H) {
-  for (int64_t n : {static_cast<int64_t>(zc.element_count()),
-                    static_cast<int64_t>(zh.element_count())}) {
-    if (n != 0 && n != 1 && n != T * B * H) return false;
-  }
-  return true;
-}
-
 ffi::Error LstmFwdImpl(ffi::Buffer<ffi::F32> zs, ffi::Buffer<ffi::F32> h0,
                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> recurrent,
-                       ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> zone_c,
-                       ffi::Buffer<ffi::F32> zone_h, ffi::ResultBuffer<ffi::F32> hs,
+                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> hs,
                        ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> acts,
                        ffi::ResultBuffer<ffi::F32> h_last,
                        ffi::ResultBuffer<ffi::F32> c_last) {
@@ -528,11 +440,9 @@ ffi::Error LstmFwdImpl(ffi::Buffer<ffi::F32> zs, ffi::Buffer<ffi::F32> h0,
   }
   const int64_t T = zd[0], B = zd[1], G = zd[2], H = rd[0];
   if (G != 4 * H || rd[1] != G || h0.element_count() != B * H ||
-      c0.element_count() != B * H || bias.element_count() != G ||
-      !zone_counts_ok(zone_c, zone_h, T, B, H)) {
+      c0.element_count() != B * H || bias.element_count() != G) {
     return ffi::Error::InvalidArgument("lstm_fwd: inconsistent shapes");
   }
-  const bool zone = zone_c.element_count() > 0 || zone_h.element_count() > 0;
   const float* z = zs.typed_data();
   const float* R = recurrent.typed_data();
   const float* bs = bias.typed_data();
@@ -553,8 +463,6 @@ ffi::Error LstmFwdImpl(ffi::Buffer<ffi::F32> zs, ffi::Buffer<ffi::F32> h0,
     if (M <= 0) return;
     const float* h_prev = h0d + b0 * H;
     const float* c_prev = c0d + b0 * H;
-    ZoneMask mc, mh;
-    if (zone) mc = zone_mask(zone_c, B, H, M), mh = zone_mask(zone_h, B, H, M);
     for (int64_t t = 0; t < T; ++t) {
       float* a = ad + (t * B + b0) * G;
       // a = h_prev @ recurrent   (M,H) x (H,4H)
@@ -566,12 +474,7 @@ ffi::Error LstmFwdImpl(ffi::Buffer<ffi::F32> zs, ffi::Buffer<ffi::F32> h0,
       }
       float* c_out = csd + (t * B + b0) * H;
       float* h_out = hsd + (t * B + b0) * H;
-      if (zone) {
-        d.fwd_zone(M, H, z + (t * B + b0) * G, bs, a, c_prev, c_out, h_prev, h_out,
-                   mc.at(t, b0), mh.at(t, b0));
-      } else {
-        d.fwd(M, H, z + (t * B + b0) * G, bs, a, c_prev, c_out, h_out);
-      }
+      d.fwd(M, H, z + (t * B + b0) * G, bs, a, c_prev, c_out, h_out);
       h_prev = h_out;
       c_prev = c_out;
     }
@@ -584,8 +487,7 @@ ffi::Error LstmFwdImpl(ffi::Buffer<ffi::F32> zs, ffi::Buffer<ffi::F32> h0,
 ffi::Error LstmBwdImpl(ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> cs,
                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> d_hs,
                        ffi::Buffer<ffi::F32> d_h_last, ffi::Buffer<ffi::F32> d_c_last,
-                       ffi::Buffer<ffi::F32> recurrent, ffi::Buffer<ffi::F32> zone_c,
-                       ffi::Buffer<ffi::F32> zone_h, ffi::ResultBuffer<ffi::F32> dz,
+                       ffi::Buffer<ffi::F32> recurrent, ffi::ResultBuffer<ffi::F32> dz,
                        ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
   auto ad = acts.dimensions();
   auto rd = recurrent.dimensions();
@@ -595,11 +497,9 @@ ffi::Error LstmBwdImpl(ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> cs,
   const int64_t T = ad[0], B = ad[1], G = ad[2], H = rd[0];
   if (G != 4 * H || rd[1] != G || cs.element_count() != T * B * H ||
       d_hs.element_count() != T * B * H || c0.element_count() != B * H ||
-      d_h_last.element_count() != B * H || d_c_last.element_count() != B * H ||
-      !zone_counts_ok(zone_c, zone_h, T, B, H)) {
+      d_h_last.element_count() != B * H || d_c_last.element_count() != B * H) {
     return ffi::Error::InvalidArgument("lstm_bwd: inconsistent shapes");
   }
-  const bool zone = zone_c.element_count() > 0 || zone_h.element_count() > 0;
   const float* a = acts.typed_data();
   const float* c = cs.typed_data();
   const float* c0d = c0.typed_data();
@@ -621,33 +521,17 @@ ffi::Error LstmBwdImpl(ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> cs,
     if (M <= 0) return;
     float* dh = dh_all + b0 * H;
     float* dc = dc_all + b0 * H;
-    ZoneMask mc, mh;
-    std::vector<float> dh_keep;
-    if (zone) {
-      mc = zone_mask(zone_c, B, H, M), mh = zone_mask(zone_h, B, H, M);
-      dh_keep.resize(M * H);
-    }
     for (int64_t t = T - 1; t >= 0; --t) {
       const float* c_prev = t > 0 ? c + ((t - 1) * B + b0) * H : c0d + b0 * H;
       float* dz_t = dzd + (t * B + b0) * G;
-      if (zone) {
-        d.bwd_zone(M, H, a + (t * B + b0) * G, c_prev, c + (t * B + b0) * H,
-                   dho + (t * B + b0) * H, dh, dc, dz_t, mc.at(t, b0), mh.at(t, b0),
-                   dh_keep.data());
-      } else {
-        d.bwd(M, H, a + (t * B + b0) * G, c_prev, c + (t * B + b0) * H, dho + (t * B + b0) * H,
-              dh, dc, dz_t);
-      }
+      d.bwd(M, H, a + (t * B + b0) * G, c_prev, c + (t * B + b0) * H, dho + (t * B + b0) * H,
+            dh, dc, dz_t);
       // dh = dz_t @ recurrent^T   (M,4H) x (4H,H)
       if (packed) {
         d.gemm(M, dz_t, G, pb, dh, H);
       } else {
         scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)H, (int)G,
                           1.0f, dz_t, (int)G, R, (int)G, 0.0f, dh, (int)H);
-      }
-      // With zoneout, h_{t-1} also reaches h_t directly where the unit kept its value.
-      if (zone) {
-        for (int64_t j = 0; j < M * H; ++j) dh[j] += dh_keep[j];
       }
     }
   });
@@ -663,8 +547,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmFwd, LstmFwdImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c0
                                   .Arg<ffi::Buffer<ffi::F32>>()  // recurrent
                                   .Arg<ffi::Buffer<ffi::F32>>()  // bias
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // zone_c
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // zone_h
                                   .Ret<ffi::Buffer<ffi::F32>>()  // hs
                                   .Ret<ffi::Buffer<ffi::F32>>()  // cs
                                   .Ret<ffi::Buffer<ffi::F32>>()  // acts
@@ -680,8 +562,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBwd, LstmBwdImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d_h_last
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d_c_last
                                   .Arg<ffi::Buffer<ffi::F32>>()  // recurrent
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // zone_c
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // zone_h
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dz
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0
                                   .Ret<ffi::Buffer<ffi::F32>>());  // dc0
