@@ -332,25 +332,3 @@ def test_the_cosine_ends_at_its_floor(tmp_path, small_text, floor):
 def test_an_impossible_floor_is_refused(floor):
     with pytest.raises(LstmgenError, match="lr-floor"):
         lstmgen.TrainConfig(lr_floor=floor).validate()
-
-
-def test_weight_decay_shrinks_the_matrices_and_spares_the_biases(tmp_path, small_text):
-    def train(decay):
-        out = tmp_path / f"wd{decay}"
-        lstmgen.train(small_text, out=out, model=TINY, batch_size=8, seq_len=32, max_steps=10,
-                      schedule="constant", weight_decay=decay, sample_length=0, verbose=0)
-        weights = lstmgen.load(out, checkpoint="last").lm.training_model.weights
-        return {w.path: np.asarray(w) for w in weights}
-
-    plain, decayed = train(0.0), train(50.0)  # 50 x 4e-3: 20 % of each matrix gone per step
-    kernel = next(name for name in plain if name.endswith("lstm_0/lstm_cell/recurrent_kernel"))
-    assert np.linalg.norm(decayed[kernel]) < 0.2 * np.linalg.norm(plain[kernel])
-    bias = next(name for name in plain if name.endswith("lstm_0/lstm_cell/bias"))
-    forget = slice(TINY.units, 2 * TINY.units)  # initialised to 1: Adam moves it <= 0.04
-    assert np.abs(decayed[bias][forget] - 1.0).max() < 0.05
-
-
-@pytest.mark.parametrize("decay", [-0.01, 300.0, True])
-def test_an_impossible_weight_decay_is_refused(decay):
-    with pytest.raises(LstmgenError, match="weight-decay"):
-        lstmgen.TrainConfig(weight_decay=decay).validate()

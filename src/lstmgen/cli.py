@@ -41,8 +41,8 @@ EXAMPLES = {
 MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "input_dropout",
               "recurrent_dropout", "weight_drop", "cell", "softmax", "cutoffs",
               "tie_embeddings", "learned_start")
-TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "weight_decay", "epochs",
-              "max_steps", "max_time", "schedule", "warmup_steps", "lr_floor", "val_fraction",
+TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
+              "max_time", "schedule", "warmup_steps", "lr_floor", "val_fraction",
               "val_tokens", "eval_every", "checkpoint_every", "early_stopping",
               "sample_length", "seed", "carry_state", "state_reset", "first_epoch_reset",
               "tensorboard", "encoding_errors")
@@ -127,8 +127,6 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--seq-len", type=_positive_int, help="tokens per sequence (64)")
     t.add_argument("--learning-rate", type=float, help="Adam learning rate (4e-3)")
     t.add_argument("--clipnorm", type=float, help="gradient norm clip (5)")
-    t.add_argument("--weight-decay", type=float,
-                   help="decoupled (AdamW) weight decay of the weight matrices (0: none)")
     t.add_argument("--epochs", type=_positive_int,
                    help="passes over the training text (10; with --max-time, as many as fit)")
     t.add_argument("--max-steps", type=_positive_int, help="stop after this many steps")

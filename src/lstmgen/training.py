@@ -62,9 +62,6 @@ class TrainConfig:
     seq_len: int = 64
     learning_rate: float = 4e-3
     clipnorm: float = 5.0
-    # Decoupled weight decay (AdamW's, Loshchilov & Hutter) on the weight matrices, scaled by
-    # the scheduled learning rate; biases and learned start states are not decayed.
-    weight_decay: float = 0.0
     # Passes over the training text; None: DEFAULT_EPOCHS, or with max_time as many as fit in
     # the time (the cosine schedule is then sized to the time budget: lstmgen.schedule).
     epochs: int | None = None
@@ -114,11 +111,6 @@ class TrainConfig:
             raise LstmgenError(f"learning-rate must be > 0, got {self.learning_rate}")
         if not self.clipnorm > 0:
             raise LstmgenError(f"clipnorm must be > 0, got {self.clipnorm}")
-        if (isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float))
-                or not 0 <= self.weight_decay * self.learning_rate < 1):
-            raise LstmgenError(f"weight-decay must be >= 0 and below 1 / learning-rate "
-                               f"({1 / self.learning_rate:g}), got {self.weight_decay!r}",
-                               hint="AdamW's usual values are 0.01-0.1")
         if self.max_time is not None and not self.max_time > 0:
             raise LstmgenError(f"max-time must be > 0 seconds, got {self.max_time}")
         if self.schedule not in SCHEDULES:
@@ -463,13 +455,10 @@ class Trainer:
         model = self.lm.config
         fractions = (token_fractions(self.data.train, model.cutoffs)
                      if model.softmax == "adaptive" else None)
-        optimizer = keras.optimizers.Adam(learning_rate=lr, clipnorm=c.clipnorm,
-                                          weight_decay=c.weight_decay or None)
-        if c.weight_decay:
-            optimizer.exclude_from_weight_decay(
-                var_list=[v for v in self.model.trainable_variables if len(v.shape) < 2])
-        self.model.compile(optimizer=optimizer,
-                           loss=training_loss(model.softmax, self.lm.head, fractions))
+        self.model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=lr, clipnorm=c.clipnorm),
+            loss=training_loss(model.softmax, self.lm.head, fractions),
+        )
         self.model.optimizer.build(self.model.trainable_variables)
 
     def current_lr(self) -> float:
