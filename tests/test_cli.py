@@ -326,10 +326,12 @@ def test_resume_a_finished_run_with_more_epochs_and_fine_tune_from_it(tmp_path, 
     base = ["--units", "16", "--embedding-dim", "8", "--batch-size", "8", "--seq-len", "32",
             "--sample-length", "0", "-q"]
     first = run_cli("train", small_text, "--out", out, "--epochs", "1", "--no-learned-start",
-                    "--first-epoch-reset", "0.2", "--weight-drop", "0.1", *base)
+                    "--first-epoch-reset", "0.2", "--weight-drop", "0.1", "--layer-norm",
+                    *base)
     assert first.returncode == 0, first.stderr
     assert json.loads((out / "config.json").read_text())["train"]["first_epoch_reset"] == 0.2
     assert json.loads((out / "config.json").read_text())["model"]["weight_drop"] == 0.1
+    assert json.loads((out / "config.json").read_text())["model"]["layer_norm"] is True
     # Streams start from zeros, as in runs made before the learned start: it still generates.
     assert json.loads((out / "config.json").read_text())["model"]["learned_start"] is False
     assert lstmgen.load(out).lm.start is None and len(lstmgen.load(out).generate("a", 5)[0]) == 5

@@ -15,17 +15,25 @@ TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
 
 
 def make_generator(cell="lstm", layers=2):
+    """``cell`` "lstm+ln": the layer-normalised LSTM, its scales and shifts made random (they
+    start at ones and zeros, which would hide a step that skipped them)."""
     import keras
 
     keras.utils.set_random_seed(0)
     tok = CharTokenizer.fit([TEXT])
-    lm = LanguageModel(ModelConfig(units=24, embedding_dim=8, layers=layers, cell=cell),
+    layer_norm = cell == "lstm+ln"
+    lm = LanguageModel(ModelConfig(units=24, embedding_dim=8, layers=layers,
+                                   cell=cell.removesuffix("+ln"), layer_norm=layer_norm),
                        tok.vocab_size)
     set_random_start(lm)
+    rng = np.random.default_rng(1)
+    for rnn in lm.rnns if layer_norm else ():
+        for v in (rnn.gate_scale, rnn.cell_scale, rnn.cell_shift):
+            v.assign(np.asarray(v) + rng.normal(0, 0.3, v.shape).astype("float32"))
     return Generator.from_model(lm, tok, block=16), tok, lm
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lstm+ln"])
 def test_carried_state_matches_running_the_whole_prefix(cell):
     gen, tok, lm = make_generator(cell)
     primes = [TEXT[:1], TEXT[:7], TEXT[:40], TEXT * 3]  # shorter and longer than training
@@ -133,7 +141,7 @@ def test_bad_settings_are_errors(kwargs, message):
         gen.generate("a", length=5, seed=1.5)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lstm+ln"])
 def test_weights_read_from_the_checkpoint_file_are_the_models(cell, tmp_path):
     gen, tok, lm = make_generator(cell)
     path = tmp_path / "best.weights.h5"
@@ -147,6 +155,9 @@ def test_weights_read_from_the_checkpoint_file_are_the_models(cell, tmp_path):
     for a, b in zip(from_file["layers"], from_model["layers"]):
         for name in ("kernel", "recurrent", "bias"):
             np.testing.assert_array_equal(a[name], b[name])
+        assert ("norm" in a) == ("norm" in b) == (cell == "lstm+ln")
+        for x, y in zip(a.get("norm", ()), b.get("norm", ()), strict=True):
+            np.testing.assert_array_equal(x, y)
     assert len(from_file["start"]) == lm.num_states
     for a, b in zip(from_file["start"], from_model["start"], strict=True):
         np.testing.assert_array_equal(a, b)

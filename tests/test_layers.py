@@ -266,3 +266,80 @@ def test_weight_drop_needs_the_fused_loop_and_says_so():
     fused(X, mask=mask)  # inference: nothing to drop, the stock loop runs
     with pytest.raises(LstmgenError, match="weight-drop runs in lstmgen's own LSTM loop"):
         fused(X, mask=mask, training=True)
+
+
+def ln_layer(units=4, seed=3):
+    """A layer-normalised FusedLSTM with random weights, scales and shifts."""
+    rng = np.random.default_rng(seed)
+    layer = FusedLSTM(units, return_sequences=True, return_state=True, layer_norm=True)
+    layer(X)
+    layer.set_weights([w + rng.normal(size=w.shape).astype("float32") * 0.3
+                       for w in layer.get_weights()])
+    return layer
+
+
+def ln_reference(layer, x, h, c):
+    """The layer-normalised cell written out in NumPy, one step at a time (float64)."""
+    weights = {v.path.split("/")[-1]: np.asarray(v.value, np.float64) for v in layer.weights}
+
+    def normalise(v):
+        return (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-5)
+
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    units, outputs = layer.units, []
+    for t in range(x.shape[1]):
+        p = x[:, t] @ weights["kernel"] + h @ weights["recurrent_kernel"]
+        a = np.concatenate([normalise(p[:, k * units:(k + 1) * units]) for k in range(4)], -1)
+        i, f, g, o = np.split(a * weights["gate_scale"] + weights["bias"], 4, axis=-1)
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        h = sigmoid(o) * np.tanh(normalise(c) * weights["cell_scale"] + weights["cell_shift"])
+        outputs.append(h)
+    return np.stack(outputs, 1), h, c
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_layer_norm_is_the_normalised_cell(monkeypatch, native):
+    monkeypatch.setenv("LSTMGEN_NATIVE", native)
+    layer = ln_layer()
+    got = layer(X, initial_state=[H0, C0])
+    for a, b in zip(got, ln_reference(layer, X, H0, C0), strict=True):
+        np.testing.assert_allclose(np.asarray(a), b, atol=2e-5)
+
+
+def test_layer_norm_makes_the_cell_blind_to_the_weights_scale():
+    """Scaling both kernels scales every pre-activation: the normalised cell's outputs do
+    not change (the plain cell's do), while its own scales and shifts do change them."""
+    layer = ln_layer()
+    before = np.asarray(layer(X, initial_state=[H0, C0])[0])
+    kernel, recurrent = layer.cell.kernel, layer.cell.recurrent_kernel
+    kernel.assign(np.asarray(kernel) * 3), recurrent.assign(np.asarray(recurrent) * 3)
+    np.testing.assert_allclose(np.asarray(layer(X, initial_state=[H0, C0])[0]), before,
+                               atol=1e-4)
+    layer.cell_shift.assign(np.asarray(layer.cell_shift) + 0.5)
+    assert np.abs(np.asarray(layer(X, initial_state=[H0, C0])[0]) - before).max() > 0.01
+    _, plain = pair()
+    plain_before = np.asarray(plain(X)[0])
+    plain.cell.kernel.assign(np.asarray(plain.cell.kernel) * 3)
+    assert np.abs(np.asarray(plain(X)[0]) - plain_before).max() > 0.01
+
+
+def test_layer_norm_is_a_model_setting_saved_with_the_run():
+    lm = LanguageModel(ModelConfig(units=8, embedding_dim=4, layers=2, layer_norm=True), 10)
+    assert [rnn.layer_norm for rnn in lm.rnns] == [True, True]
+    assert [v.path for v in lm.rnns[1].weights][:3] == [
+        "lstm_1/gate_scale", "lstm_1/cell_scale", "lstm_1/cell_shift"]
+    assert ModelConfig.from_dict(lm.config.to_dict()).layer_norm is True
+    assert ModelConfig.from_dict({"units": 8}).layer_norm is False  # runs saved before it
+    assert FusedLSTM.from_config(lm.rnns[0].get_config()).layer_norm is True
+    assert not LanguageModel(ModelConfig(units=8, embedding_dim=4), 10).rnns[0].weights[0] \
+        .path.endswith("gate_scale")
+    with pytest.raises(LstmgenError, match="needs the LSTM cell"):
+        ModelConfig(layer_norm=True, cell="gru").validate()
+    with pytest.raises(LstmgenError, match="layer-norm must be true or false"):
+        ModelConfig(layer_norm="yes").validate()
+
+
+def test_layer_norm_needs_the_fused_loop_and_says_so():
+    layer = ln_layer()
+    with pytest.raises(LstmgenError, match="--layer-norm runs in lstmgen's own LSTM loop"):
+        layer(X, mask=np.ones((3, 7), bool))  # even at inference: the stock loop lacks it

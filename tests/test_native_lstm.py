@@ -89,6 +89,64 @@ def test_saturated_gates():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL, rtol=TOL)
 
 
+def ln_inputs(steps, batch, units, seed=0):
+    """:func:`inputs` and the normalisation's gate scale, cell scale and cell shift, made
+    random (ones and zeros would hide a kernel that skipped them)."""
+    rng = np.random.default_rng(seed + 100)
+    return (*inputs(steps, batch, units, seed),
+            (1 + 0.3 * rng.normal(size=(4 * units,))).astype("float32"),
+            (1 + 0.3 * rng.normal(size=(units,))).astype("float32"),
+            (0.2 * rng.normal(size=(units,))).astype("float32"))
+
+
+def ln_jax_loop():
+    return lambda zs, h0, c0, r, b, *norm: lstmgen.layers._ln_recurrence_jax(
+        zs, h0, c0, r, b, None, *norm)
+
+
+def ln_value_and_grads(recurrence):
+    def loss(*args):
+        hs, h, c = recurrence(*args)
+        weights = jnp.linspace(-1, 1, hs.size, dtype="float32").reshape(hs.shape)
+        return (hs * weights).sum() + (h ** 2).sum() + (c * 0.5).sum()
+
+    return jax.value_and_grad(loss, argnums=tuple(range(8)))
+
+
+# Units of 1 normalise to zeros (a constant gate): the statistics' degenerate case.
+@pytest.mark.parametrize("shape", [(7, 3, 4), (1, 1, 1), (12, 5, 33), (6, 21, 16),
+                                   (9, 64, 32)])
+@pytest.mark.parametrize("jit", [False, True])
+def test_layer_norm_outputs_states_and_gradients_equal_the_jax_loop(shape, jit):
+    args = ln_inputs(*shape)
+    wrap = jax.jit if jit else (lambda f: f)
+    ours, theirs = native.ln_recurrence_or_none(), ln_jax_loop()
+    for a, b in zip(wrap(ours)(*args), wrap(theirs)(*args), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL)
+    (loss_n, grads_n), (loss_j, grads_j) = (wrap(ln_value_and_grads(f))(*args)
+                                            for f in (ours, theirs))
+    np.testing.assert_allclose(float(loss_n), float(loss_j), rtol=TOL)
+    names = ("zs", "h0", "c0", "recurrent", "bias", "gate_scale", "cell_scale", "cell_shift")
+    for name, a, b in zip(names, grads_n, grads_j, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=10 * TOL, rtol=TOL,
+                                   err_msg=name)
+
+
+def test_layer_norm_on_worker_threads_and_saturated_gates():
+    zs, h0, c0, r, b, *norm = ln_inputs(6, 43, 8, seed=2)
+    args = (zs * 20, h0, c0, r * 5, b, *norm)
+    default = native.info()["threads"]
+    native.set_threads(3)
+    try:
+        got = jax.block_until_ready(jax.jit(ln_value_and_grads(
+            native.ln_recurrence_or_none()))(*args))
+    finally:
+        native.set_threads(default)
+    want = ln_value_and_grads(ln_jax_loop())(*args)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=10 * TOL, rtol=TOL)
+
+
 def uses_native(fn, *args) -> bool:
     return native.FWD_TARGET in str(jax.make_jaxpr(fn)(*args))
 
@@ -102,6 +160,13 @@ def test_the_switch(monkeypatch):
     monkeypatch.delenv("LSTMGEN_NATIVE")
     mask = jnp.ones((4, 2, 4), "float32")  # recurrent dropout: the JAX loop
     assert not uses_native(lambda *a: lstmgen.layers._recurrence(*a, rec_mask=mask), *args)
+    ln_args = ln_inputs(3, 2, 4)
+    ln = lambda zs, h0, c0, r, b, *norm: lstmgen.layers._ln_recurrence(  # noqa: E731
+        zs, h0, c0, r, b, None, *norm)
+    assert native.LN_FWD_TARGET in str(jax.make_jaxpr(ln)(*ln_args))
+    monkeypatch.setenv("LSTMGEN_NATIVE", "0")
+    assert native.LN_FWD_TARGET not in str(jax.make_jaxpr(
+        lambda *a: ln(*a))(*ln_args))
 
 
 X = np.random.default_rng(0).normal(size=(3, 7, 5)).astype("float32")
@@ -146,9 +211,9 @@ def test_a_jitted_keras_training_step_matches_the_jax_loop(monkeypatch):
     losses, weights, traced = [], None, []
     original = lstmgen.layers._native_recurrence
 
-    def spy(*args):
-        traced.append(original(*args) is not None)
-        return original(*args)
+    def spy(*args, **kwargs):
+        traced.append(original(*args, **kwargs) is not None)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr("lstmgen.layers._native_recurrence", spy)
     for switch in ("1", "0"):
@@ -165,6 +230,39 @@ def test_a_jitted_keras_training_step_matches_the_jax_loop(monkeypatch):
     assert True in traced and False in traced  # both paths were traced
     np.testing.assert_allclose(losses[0], losses[1], rtol=TOL)
     assert losses[0][-1] < 0.5 * losses[0][0]
+
+
+def test_a_layer_normalised_model_has_the_jax_loops_gradients(monkeypatch):
+    """Every variable's gradient, through the whole model, at weights a few training steps
+    from the start (not a trajectory: with layer normalisation, Adam's first steps amplify
+    float32 rounding into different paths)."""
+    config = ModelConfig(units=16, embedding_dim=8, layers=2, dropout=0.0, layer_norm=True)
+    x = (np.arange(60)[None] + np.arange(8)[:, None] * 7) % 30
+    y = np.roll(x, -1, axis=1)
+    keras.utils.set_random_seed(0)
+    model = LanguageModel(config, vocab_size=30).training_model
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.Adam(3e-2), loss=loss_fn)
+    losses = [float(model.train_on_batch(x, y)) for _ in range(5)]
+    assert losses[-1] < losses[0]
+    trainable = [v.value for v in model.trainable_variables]
+    others = [v.value for v in model.non_trainable_variables]
+
+    def loss(trainable):
+        out, _ = model.stateless_call(trainable, others, x, training=True)
+        return loss_fn(y, out)
+
+    grads = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("LSTMGEN_NATIVE", switch)
+        traced = str(jax.make_jaxpr(lambda t: jax.grad(loss)(t))(trainable))  # a fresh trace
+        assert (native.LN_BWD_TARGET in traced) == (switch == "1")
+        grads[switch] = jax.jit(lambda t: jax.grad(loss)(t))(trainable)
+    names = [v.path for v in model.trainable_variables]
+    assert sum("gate_scale" in n for n in names) == 2
+    for name, a, b in zip(names, grads["1"], grads["0"], strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=TOL,
+                                   err_msg=name)
 
 
 def test_vmap():

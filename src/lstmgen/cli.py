@@ -39,7 +39,7 @@ EXAMPLES = {
 }
 
 MODEL_ARGS = ("embedding_dim", "units", "layers", "dropout", "input_dropout",
-              "recurrent_dropout", "weight_drop", "cell", "softmax", "cutoffs",
+              "recurrent_dropout", "weight_drop", "layer_norm", "cell", "softmax", "cutoffs",
               "tie_embeddings", "learned_start")
 TRAIN_ARGS = ("batch_size", "seq_len", "learning_rate", "clipnorm", "epochs", "max_steps",
               "max_time", "schedule", "warmup_steps", "lr_floor", "val_fraction",
@@ -105,6 +105,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="dropout on the recurrent state, one mask per sequence (0)")
     m.add_argument("--weight-drop", type=float,
                    help="DropConnect on the recurrent weights, one mask per batch (0)")
+    m.add_argument("--layer-norm", action="store_true", default=None,
+                   help="layer normalisation inside the LSTM cell: each gate's "
+                   "pre-activation and the cell state (off)")
     m.add_argument("--cell", choices=("lstm", "gru"), help="recurrent cell (lstm)")
     m.add_argument("--softmax", choices=("auto", "full", "adaptive"),
                    help="output layer: adaptive softmax for large vocabularies (auto: from "

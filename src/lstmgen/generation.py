@@ -61,14 +61,24 @@ def model_weights(lm) -> dict:
     """The current weights of a :class:`~lstmgen.model.LanguageModel` as host arrays:
     ``{"embedding", "layers": [{"kernel", "recurrent", "bias"}], "head": [arrays], "start"}``,
     the output layer's variables in order (see :mod:`lstmgen.heads`), ``start`` the learned
-    start states (:class:`~lstmgen.start_state.StartState`; ``None``: zeros)."""
+    start states (:class:`~lstmgen.start_state.StartState`; ``None``: zeros). A
+    layer-normalised LSTM's layers also hold ``"norm"``: its gate scale, cell scale and
+    cell shift."""
     from lstmgen.distributed import local
 
     value = lambda variable: np.asarray(local(variable.value))  # noqa: E731
+
+    def layer(rnn) -> dict:
+        arrays = {"kernel": value(rnn.cell.kernel), "recurrent": value(rnn.cell.recurrent_kernel),
+                  "bias": value(rnn.cell.bias)}
+        if getattr(rnn, "layer_norm", False):
+            arrays["norm"] = [value(v) for v in (rnn.gate_scale, rnn.cell_scale,
+                                                 rnn.cell_shift)]
+        return arrays
+
     return {
         "embedding": value(lm.embedding.embeddings),
-        "layers": [{"kernel": value(rnn.cell.kernel), "recurrent": value(rnn.cell.recurrent_kernel),
-                    "bias": value(rnn.cell.bias)} for rnn in lm.rnns],
+        "layers": [layer(rnn) for rnn in lm.rnns],
         "head": [value(v) for v in lm.head.weights],
         "start": None if lm.start is None else [value(v) for v in lm.start.starts],
     }
@@ -100,6 +110,8 @@ def checkpoint_weights(path, config: ModelConfig) -> dict:
         for i in range(config.layers):
             kernel, recurrent, bias = arrays(f"{config.cell}_{i}", "cell/vars")
             layers.append({"kernel": kernel, "recurrent": recurrent, "bias": bias})
+            if config.layer_norm:  # the layer's own variables: the normalisation's
+                layers[-1]["norm"] = arrays(f"{config.cell}_{i}")
         return {"embedding": arrays("embedding")[0], "layers": layers,
                 "head": arrays("logits"),
                 "start": arrays("start_state") if config.learned_start else None}
@@ -117,6 +129,9 @@ def step_weights(weights: dict, config: ModelConfig) -> dict:
         layer = {"recurrent": w["recurrent"], "kernel": kernel, "bias": input_bias}
         if cell == "gru":
             layer["recurrent_bias"] = bias[1]
+        if "norm" in w:  # the bias is added after the normalisation, not in the projection
+            layer["norm"] = list(w["norm"])
+            input_bias = np.zeros_like(input_bias)
         if i == 0:
             layer["table"] = weights["embedding"] @ kernel + input_bias
         layers.append(layer)
@@ -148,6 +163,8 @@ class Generator:
         import jax.numpy as jnp
         from jax.nn import sigmoid
 
+        from lstmgen.normalisation import normalise
+
         self.config = config = config.for_vocabulary(tokenizer.vocab_size)
         self.tokenizer = tokenizer
         self.block = block
@@ -162,16 +179,22 @@ class Generator:
             # One step of the network (the maths of Keras' LSTM/GRU cells).
             new_states, x = [], None
             for i, layer in enumerate(weights["layers"]):
+                norm = layer.get("norm")
                 if i == 0:
                     projected = jnp.take(layer["table"], tokens, axis=0)
-                else:
+                elif norm is None:
                     projected = x @ layer["kernel"] + layer["bias"]
+                else:
+                    projected = x @ layer["kernel"]
                 if cell == "lstm":
                     h, c = states[2 * i], states[2 * i + 1]
                     z = projected + h @ layer["recurrent"]
+                    if norm is not None:  # lstmgen.layers._ln_recurrence_jax's maths
+                        z = normalise(z, 4) * norm[0] + layer["bias"]
                     gi, gf, gc, go = jnp.split(z, 4, axis=-1)
                     c = sigmoid(gf) * c + sigmoid(gi) * jnp.tanh(gc)
-                    h = sigmoid(go) * jnp.tanh(c)
+                    out = c if norm is None else normalise(c) * norm[1] + norm[2]
+                    h = sigmoid(go) * jnp.tanh(out)
                     new_states += [h, c]
                 else:
                     h = states[i]
@@ -268,6 +291,14 @@ class Generator:
             inputs = c.embedding_dim if i == 0 else c.units
             expected += [((inputs, gates * c.units), layer["kernel"]),
                          ((c.units, gates * c.units), layer["recurrent"])]
+            if c.layer_norm:
+                if len(layer.get("norm", ())) != 3:
+                    raise LstmgenError(
+                        f"the checkpoint's layer {i} lacks the layer normalisation's "
+                        "3 arrays its config names",
+                        hint="the file is damaged or from another run; retrain or restore it")
+                expected += list(zip([(gates * c.units,), (c.units,), (c.units,)],
+                                     layer["norm"]))
         shapes = output_shapes(c.softmax, c.cutoffs, c.units, self.tokenizer.vocab_size,
                                c.tie_embeddings)
         if len(shapes) != len(w["head"]):

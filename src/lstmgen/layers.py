@@ -27,6 +27,12 @@ dropout, 1.50x with two layers and recurrent dropout (``bench/RESULTS.md``).
 Without recurrent dropout, the time loop runs in a native kernel when it builds and loads
 (:mod:`lstmgen.native`: one XLA FFI call per loop, a packed-weight GEMM per step, the gate
 maths fused in C++); ``LSTMGEN_NATIVE=0`` keeps the JAX loop.
+
+``layer_norm=True`` makes it the layer-normalised cell (Ba et al. 2016; ``--layer-norm``):
+each gate's pre-activation normalised over its units, scaled by ``gate_scale`` and shifted
+by the cell's bias, and the new cell state normalised (``cell_scale``, ``cell_shift``)
+before its tanh; three more variables, on the layer itself. It runs only in this loop
+(native, or JAX's autodiff of a scan), never Keras's.
 """
 
 from __future__ import annotations
@@ -38,6 +44,19 @@ import numpy as np
 from keras import ops
 
 
+def _recur_product(recurrent, rec_mask):
+    """``h -> h @ recurrent``. With recurrent dropout, Keras's LSTM draws one mask per
+    gate: gate g sees ... + (h * rec_mask[g]) @ recurrent_g. rec_mask is a (4, batch, units)
+    array or None; its cotangent is zero. The four products are separate ones on column
+    blocks sliced once, outside the loops (a batched einsum over the gates ran slower)."""
+    import jax.numpy as jnp
+
+    if rec_mask is None:
+        return lambda h: h @ recurrent
+    blocks = jnp.split(recurrent, 4, axis=1)
+    return lambda h: jnp.concatenate([(h * m) @ r for m, r in zip(rec_mask, blocks)], -1)
+
+
 def _make_recurrence():
     import jax
     import jax.numpy as jnp
@@ -47,18 +66,8 @@ def _make_recurrence():
         # vectorised rational approximation, faster than its exp-based logistic.
         return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
-    # With recurrent dropout, Keras's LSTM draws one mask per gate: gate g sees
-    # ... + (h * rec_mask[g]) @ recurrent_g. rec_mask is a (4, batch, units) array or None;
-    # its cotangent is zero. The four products are separate ones on column blocks sliced
-    # once, outside the loops (a batched einsum over the gates ran slower).
-    def recur(recurrent, rec_mask):
-        if rec_mask is None:
-            return lambda h: h @ recurrent
-        blocks = jnp.split(recurrent, 4, axis=1)
-        return lambda h: jnp.concatenate([(h * m) @ r for m, r in zip(rec_mask, blocks)], -1)
-
     def forward(zs, h0, c0, recurrent, bias, rec_mask):
-        recurrent_product = recur(recurrent, rec_mask)
+        recurrent_product = _recur_product(recurrent, rec_mask)
 
         def step(carry, z_t):
             h, c = carry
@@ -174,19 +183,20 @@ def _on_gpu() -> bool:
     return jax.default_backend() == "gpu"
 
 
-def _native_recurrence(zs, recurrent, rec_mask):
-    """The native kernel's recurrence (:mod:`lstmgen.native`) where it applies: no
-    recurrent dropout, float32, ``LSTMGEN_NATIVE`` not "0", and the library loads (if it
-    does not, one line on stderr, once, and the JAX loop)."""
+def _native_recurrence(zs, recurrent, rec_mask, layer_norm: bool = False):
+    """The native kernel's recurrence (:mod:`lstmgen.native`; ``layer_norm``: the
+    layer-normalised cell's) where it applies: no recurrent dropout, float32,
+    ``LSTMGEN_NATIVE`` not "0", and the library loads (if it does not, one line on stderr,
+    once, and the JAX loop)."""
     import os
 
-    if rec_mask is not None or os.environ.get("LSTMGEN_NATIVE", "1") == "0":
-        return None
+    if rec_mask is not None or os.environ.get("LSTMGEN_NATIVE", "1") == "0" or _on_gpu():
+        return None  # (the kernel is a CPU one: a GPU runs the JAX loop)
     if zs.dtype != "float32" or recurrent.dtype != "float32":
         return None
     from lstmgen import native
 
-    return native.recurrence_or_none()
+    return native.ln_recurrence_or_none() if layer_norm else native.recurrence_or_none()
 
 
 def _recurrence(zs, h0, c0, recurrent, bias, rec_mask=None):
@@ -197,6 +207,40 @@ def _recurrence(zs, h0, c0, recurrent, bias, rec_mask=None):
     if _RECURRENCE is None:
         _RECURRENCE = _make_recurrence()
     return _RECURRENCE(zs, h0, c0, recurrent, bias, rec_mask)
+
+
+def _ln_recurrence_jax(zs, h0, c0, recurrent, bias, rec_mask, gate_scale, cell_scale,
+                       cell_shift):
+    """The layer-normalised LSTM's time loop in JAX (autodiff of a scan): each gate's
+    pre-activation normalised over its units, then scaled and shifted by the bias; the cell
+    state normalised before its tanh (the carried cell state is not)."""
+    import jax
+    import jax.numpy as jnp
+
+    from lstmgen.normalisation import normalise
+
+    product = _recur_product(recurrent, rec_mask)
+
+    def step(carry, z_t):
+        h, c = carry
+        a = normalise(z_t + product(h), 4) * gate_scale + bias
+        i, f, g, o = jnp.split(a, 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+        c = f * c + i * g
+        h = o * jnp.tanh(normalise(c) * cell_scale + cell_shift)
+        return (h, c), h
+
+    (h, c), hs = jax.lax.scan(step, (h0, c0), zs)
+    return hs, h, c
+
+
+def _ln_recurrence(zs, h0, c0, recurrent, bias, rec_mask, gate_scale, cell_scale,
+                   cell_shift):
+    scales = (gate_scale, cell_scale, cell_shift)
+    native = _native_recurrence(zs, recurrent, rec_mask, layer_norm=True)
+    if native is not None:
+        return native(zs, h0, c0, recurrent, bias, *scales)
+    return _ln_recurrence_jax(zs, h0, c0, recurrent, bias, rec_mask, *scales)
 
 
 @keras.saving.register_keras_serializable(package="lstmgen")
@@ -221,12 +265,25 @@ class FusedLSTM(keras.layers.LSTM):
     _embedding = None  # a weakref.ref to the Embedding layer whose outputs this one reads
     _token_ids = None  # that layer's input, during a call
 
-    def __init__(self, units, weight_drop: float = 0.0, **kwargs):
+    def __init__(self, units, weight_drop: float = 0.0, layer_norm: bool = False, **kwargs):
         super().__init__(units, **kwargs)
         self.weight_drop = float(weight_drop)
+        self.layer_norm = bool(layer_norm)
 
     def get_config(self):
-        return {**super().get_config(), "weight_drop": self.weight_drop}
+        return {**super().get_config(), "weight_drop": self.weight_drop,
+                "layer_norm": self.layer_norm}
+
+    def build(self, sequences_shape, initial_state_shape=None):
+        super().build(sequences_shape, initial_state_shape)
+        if self.layer_norm:
+            # The gates' shift is the cell's bias, added after the normalisation.
+            self.gate_scale = self.add_weight(
+                shape=(4 * self.units,), initializer="ones", name="gate_scale")
+            self.cell_scale = self.add_weight(
+                shape=(self.units,), initializer="ones", name="cell_scale")
+            self.cell_shift = self.add_weight(
+                shape=(self.units,), initializer="zeros", name="cell_shift")
 
     def _drops_weights(self, training) -> bool:
         return bool(training) and 0.0 < self.weight_drop < 1.0
@@ -268,7 +325,7 @@ class FusedLSTM(keras.layers.LSTM):
         return (
             keras.backend.backend() == "jax"
             # Keras's own path uses cuDNN on a GPU, but cannot drop weights.
-            and (not _on_gpu() or self._drops_weights(training))
+            and (not _on_gpu() or self._drops_weights(training) or self.layer_norm)
             and mask is None
             and not self.go_backwards
             and cell.use_bias
@@ -278,13 +335,14 @@ class FusedLSTM(keras.layers.LSTM):
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not self._fusable(mask, training):
-            if self._drops_weights(training):
+            if self._drops_weights(training) or self.layer_norm:
                 from lstmgen.errors import LstmgenError
 
+                option = "--layer-norm" if self.layer_norm else "--weight-drop"
                 raise LstmgenError(
-                    "--weight-drop runs in lstmgen's own LSTM loop, which needs the JAX "
+                    f"{option} runs in lstmgen's own LSTM loop, which needs the JAX "
                     "backend, no masking and go_backwards=False",
-                    hint="set KERAS_BACKEND=jax, or train without --weight-drop")
+                    hint=f"set KERAS_BACKEND=jax, or train without {option}")
             return super().inner_loop(sequences, initial_state, mask, training=training)
         cell = self.cell
         h0, c0 = initial_state
@@ -318,7 +376,12 @@ class FusedLSTM(keras.layers.LSTM):
             # by every timestep and lane, so the native kernel runs it unchanged.
             recurrent = keras.random.dropout(recurrent, self.weight_drop,
                                              seed=cell.seed_generator)
-        hs, h, c = _recurrence(zs, h0, c0, recurrent, ops.convert_to_tensor(cell.bias),
-                               rec_mask)
+        bias = ops.convert_to_tensor(cell.bias)
+        if self.layer_norm:
+            hs, h, c = _ln_recurrence(zs, h0, c0, recurrent, bias, rec_mask, *(
+                ops.convert_to_tensor(w)
+                for w in (self.gate_scale, self.cell_scale, self.cell_shift)))
+        else:
+            hs, h, c = _recurrence(zs, h0, c0, recurrent, bias, rec_mask)
         outputs = ops.transpose(hs, (1, 0, 2)) if self.return_sequences else h
         return h, outputs, [h, c]

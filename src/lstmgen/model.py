@@ -40,6 +40,9 @@ class ModelConfig:
     recurrent_dropout: float = 0.0
     # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per batch.
     weight_drop: float = 0.0
+    # Layer normalisation inside the LSTM cell (each gate's pre-activation, and the cell
+    # state before its tanh; Ba et al. 2016).
+    layer_norm: bool = False
     # The output layer (lstmgen.heads): "full", "adaptive" (for large vocabularies), or
     # "auto" (adaptive from 8192 tokens; a run stores what it resolved to).
     softmax: str = "auto"
@@ -60,6 +63,11 @@ class ModelConfig:
                 raise LstmgenError(f"{name.replace('_', '-')} must be in [0, 1), got {value!r}")
         if self.cell not in CELLS:
             raise LstmgenError(f"unknown cell {self.cell!r}", hint="use lstm or gru")
+        if not isinstance(self.layer_norm, bool):
+            raise LstmgenError(f"layer-norm must be true or false, got {self.layer_norm!r}")
+        if self.layer_norm and self.cell != "lstm":
+            raise LstmgenError("--layer-norm needs the LSTM cell",
+                               hint="add --cell lstm, or drop --layer-norm")
         if self.weight_drop and self.cell != "lstm":
             raise LstmgenError("--weight-drop needs the LSTM cell",
                                hint="add --cell lstm, or --weight-drop 0")
@@ -172,6 +180,7 @@ class LanguageModel:
                 dropout=config.dropout if i > 0 else config.input_dropout,
                 recurrent_dropout=config.recurrent_dropout, name=f"{config.cell}_{i}",
                 **({"weight_drop": config.weight_drop} if config.weight_drop else {}),
+                **({"layer_norm": True} if config.layer_norm else {}),
                 **rnn_init)
             for i in range(config.layers)
         ]

@@ -7,7 +7,8 @@ AVX2+FMA GEMM on the recurrent weights packed once per call (OpenBLAS's ``sgemm`
 the gate maths fused in one vectorised pass per step. :func:`recurrence_or_none` gives a
 drop-in for the function of ``lstmgen.layers._make_recurrence()`` with ``rec_mask=None``: the
 same ``jax.custom_vjp`` structure, the weight gradients kept as single XLA products over all
-timesteps.
+timesteps. :func:`ln_recurrence_or_none` does the same for the layer-normalised cell
+(:func:`lstmgen.layers._ln_recurrence`).
 
 The library is compiled on first use, once per source and toolchain, into a cache folder (see
 :mod:`lstmgen.native.build`; ``LSTMGEN_NATIVE_BUILD=0`` forbids that); if it cannot be
@@ -35,6 +36,8 @@ _STATE: dict = {}  # "lib", "recurrence" once loaded; "error" when unavailable
 
 FWD_TARGET = "lstmgen_lstm_fwd"
 BWD_TARGET = "lstmgen_lstm_bwd"
+LN_FWD_TARGET = "lstmgen_lstm_ln_fwd"
+LN_BWD_TARGET = "lstmgen_lstm_ln_bwd"
 
 
 def _load():
@@ -68,6 +71,10 @@ def _load():
 
     jax.ffi.register_ffi_target(FWD_TARGET, jax.ffi.pycapsule(lib.LstmFwd), platform="cpu")
     jax.ffi.register_ffi_target(BWD_TARGET, jax.ffi.pycapsule(lib.LstmBwd), platform="cpu")
+    jax.ffi.register_ffi_target(LN_FWD_TARGET, jax.ffi.pycapsule(lib.LstmLnFwd),
+                                platform="cpu")
+    jax.ffi.register_ffi_target(LN_BWD_TARGET, jax.ffi.pycapsule(lib.LstmLnBwd),
+                                platform="cpu")
     return lib
 
 
@@ -151,6 +158,67 @@ def _make_recurrence():
 
     recurrence.defvjp(recurrence_fwd, recurrence_bwd)
     return recurrence
+
+
+def _make_ln_recurrence():
+    import jax
+    import jax.numpy as jnp
+
+    f32 = jnp.float32
+
+    def forward(zs, h0, c0, recurrent, bias, gate_scale, cell_scale, cell_shift):
+        steps, batch, gates = zs.shape
+        units = recurrent.shape[0]
+        state = jax.ShapeDtypeStruct((batch, units), f32)
+        seq = jax.ShapeDtypeStruct((steps, batch, units), f32)
+        wide = jax.ShapeDtypeStruct((steps, batch, gates), f32)
+        out = (seq, seq, wide, wide, jax.ShapeDtypeStruct((steps, batch, 4), f32), seq,
+               jax.ShapeDtypeStruct((steps, batch), f32), state, state)
+        return jax.ffi.ffi_call(LN_FWD_TARGET, out, vmap_method="sequential")(
+            zs, h0, c0, recurrent, bias, gate_scale, cell_scale, cell_shift)
+
+    @jax.custom_vjp
+    def recurrence(zs, h0, c0, recurrent, bias, gate_scale, cell_scale, cell_shift):
+        hs, *_, h, c = forward(zs, h0, c0, recurrent, bias, gate_scale, cell_scale,
+                               cell_shift)
+        return hs, h, c
+
+    def recurrence_fwd(zs, h0, c0, recurrent, bias, gate_scale, cell_scale, cell_shift):
+        hs, cs, acts, ns, ginv, ms, cinv, h, c = forward(
+            zs, h0, c0, recurrent, bias, gate_scale, cell_scale, cell_shift)
+        return (hs, h, c), (h0, c0, recurrent, gate_scale, cell_scale, cell_shift, hs, cs,
+                            acts, ns, ginv, ms, cinv)
+
+    def recurrence_bwd(saved, grads):
+        (h0, c0, recurrent, gate_scale, cell_scale, cell_shift, hs, cs, acts, ns, ginv, ms,
+         cinv) = saved
+        d_hs, d_h_last, d_c_last = grads
+        state = jax.ShapeDtypeStruct(c0.shape, f32)
+        out = (jax.ShapeDtypeStruct(acts.shape, f32), jax.ShapeDtypeStruct(acts.shape, f32),
+               jax.ShapeDtypeStruct(cs.shape, f32), state, state)
+        dz, da, du, dh0, dc0 = jax.ffi.ffi_call(LN_BWD_TARGET, out, vmap_method="sequential")(
+            acts, ns, ginv, ms, cinv, cs, c0, d_hs, d_h_last, d_c_last, recurrent, gate_scale,
+            cell_scale, cell_shift)
+        h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+        d_recurrent = jnp.einsum("tbh,tbg->hg", h_prev, dz)
+        return (dz, dh0, dc0, d_recurrent, da.sum(axis=(0, 1)),
+                (da * ns).sum(axis=(0, 1)), (du * ms).sum(axis=(0, 1)), du.sum(axis=(0, 1)))
+
+    recurrence.defvjp(recurrence_fwd, recurrence_bwd)
+    return recurrence
+
+
+def ln_recurrence_or_none():
+    """The native layer-normalised recurrence
+    ``(zs, h0, c0, recurrent, bias, gate_scale, cell_scale, cell_shift) -> (hs, h_last,
+    c_last)`` (the maths of :func:`lstmgen.layers._ln_recurrence`), or ``None`` when the
+    library is unavailable."""
+    if library() is None:
+        return None
+    with _LOCK:
+        if "ln_recurrence" not in _STATE:
+            _STATE["ln_recurrence"] = _make_ln_recurrence()
+        return _STATE["ln_recurrence"]
 
 
 def recurrence_or_none():

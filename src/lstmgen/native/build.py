@@ -6,9 +6,11 @@ Needs a C++17 compiler (``CXX``, default ``g++``), jaxlib's FFI headers
 (``jax.ffi.include_dir()``) and the ``scipy-openblas32`` wheel (a dependency of lstmgen:
 OpenBLAS's headers and ``libscipy_openblas.so``; symbols prefixed ``scipy_``). Flags: ``-O3
 -std=c++17 -fPIC -fno-math-errno -fno-trapping-math`` (the last lets GCC vectorise the
-clamps in the gate loops); no ``-march=native``: the gate loops and the packed GEMM of the
-per-step products are compiled for baseline x86-64 and for AVX2+FMA in the source
-(``__attribute__((target))``) and picked at load time from the CPU's features.
+clamps in the gate loops), ``-fopenmp-simd`` (the ``omp simd`` reductions of the layer
+normalisation's statistics; no OpenMP runtime); no ``-march=native``: the gate loops and
+the packed GEMM of the per-step products are compiled for baseline x86-64 and for
+AVX2+FMA in the source (``__attribute__((target))``) and picked at load time from the
+CPU's features.
 
 The library goes to ``LSTMGEN_NATIVE_CACHE`` (default ``~/.cache/lstmgen``, or
 ``$XDG_CACHE_HOME/lstmgen``), named by a hash of the source, the compiler command and the
@@ -42,7 +44,7 @@ def command(output: Path) -> list[str]:
     import scipy_openblas32 as blas
 
     return [os.environ.get("CXX", "g++"), "-O3", "-std=c++17", "-fPIC", "-shared",
-            "-fno-math-errno", "-fno-trapping-math", f"-I{jax.ffi.include_dir()}",
+            "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", f"-I{jax.ffi.include_dir()}",
             f"-I{blas.get_include_dir()}", str(SOURCE), "-o", str(output),
             f"-L{blas.get_lib_dir()}", f"-l{blas.get_library()}"]
 

@@ -8,6 +8,14 @@
 //                                           h_last (B,H), c_last (B,H)
 //   lstm_bwd(acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent) -> dz (T,B,4H), dh0, dc0
 //
+// and the layer-normalised cell's pair (see LnStep below), the same loops with the
+// normalisation's statistics saved for the backward pass:
+//
+//   lstm_ln_fwd(zs, h0, c0, recurrent, bias, gate_scale, cell_scale, cell_shift)
+//       -> hs, cs, acts, ns (T,B,4H), ginv (T,B,4), ms (T,B,H), cinv (T,B), h_last, c_last
+//   lstm_ln_bwd(acts, ns, ginv, ms, cinv, cs, c0, d_hs, d_h_last, d_c_last, recurrent,
+//               gate_scale, cell_scale, cell_shift) -> dz, da (T,B,4H), du (T,B,H), dh0, dc0
+//
 // The batch rows are split across worker threads (lstmgen_set_threads), each running the
 // whole loop on its rows.
 //
@@ -34,6 +42,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -159,6 +168,181 @@ using BwdGates = void (*)(int64_t, int64_t, const float*, const float*, const fl
 LSTM_GATE_VARIANT(generic, )
 #ifdef LSTMGEN_X86
 LSTM_GATE_VARIANT(avx2, __attribute__((target("avx2,fma"))))
+#endif
+
+// ---------------------------------------------------------------------------------------
+// The layer-normalised cell (lstmgen.layers._ln_recurrence): each gate's pre-activation
+// p = z + h_prev @ recurrent normalised over its H units, n = (p - mean) * inv, then
+// a = n * gate_scale + bias; the new cell state c (carried as it is) normalised for the
+// output only: m = (c - mean) * inv, h = o * tanh(m * cell_scale + cell_shift).
+
+constexpr float kLnEpsilon = 1e-5f;  // lstmgen.normalisation.EPSILON
+
+// One step's per-row tensors (row-major, rows of one worker's chunk).
+struct LnStep {
+  const float* z;      // (M, 4H) projected inputs
+  const float* bias;   // (4H)
+  const float* gscale; // (4H)
+  const float* cscale; // (H)
+  const float* cshift; // (H)
+  float* a;            // (M, 4H): h_prev @ recurrent on entry (forward), activated gates
+  float* n;            // (M, 4H) normalised gate pre-activations
+  float* ginv;         // (M, 4) their inverse standard deviations
+  float* m;            // (M, H) normalised cell state
+  float* cinv;         // (M) its inverse standard deviation
+  const float* c_prev; // (M, H)
+  float* c;            // (M, H) the cell state
+  float* h;            // (M, H) forward: the output
+  // Backward only.
+  const float* dh_out;  // (M, H) the output's gradient from above
+  const float* dh_next; // (M, H) dz_{t+1} @ recurrent^T
+  float* dc_carry;      // (M, H) in: the carried gradient of c; out: dc_t * f
+  float* dz;            // (M, 4H) out: gradient of the pre-activations p
+  float* da;            // (M, 4H) out: gradient of a (for the bias and gate_scale)
+  float* du;            // (M, H) out: gradient of m * cell_scale + cell_shift
+};
+
+// Mean and 1/sqrt(variance + epsilon) of x[0..n): two passes, as XLA computes them.
+static inline __attribute__((always_inline)) void moments(const float* __restrict x,
+                                                          int64_t n, float& mean,
+                                                          float& inv) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) sum += x[j];
+  mean = sum / static_cast<float>(n);
+  float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t j = 0; j < n; ++j) {
+    const float d = x[j] - mean;
+    sq += d * d;
+  }
+  inv = 1.0f / std::sqrt(sq / static_cast<float>(n) + kLnEpsilon);
+}
+
+// dx of y = (x - mean) * inv given dy and y over n units: inv * (dy - mean(dy) - y * mean(dy * y)).
+static inline __attribute__((always_inline)) void normalise_backward(
+    int64_t n, float inv, const float* __restrict y, const float* __restrict dy,
+    float* __restrict dx) {
+  float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t j = 0; j < n; ++j) {
+    s1 += dy[j];
+    s2 += dy[j] * y[j];
+  }
+  s1 /= static_cast<float>(n);
+  s2 /= static_cast<float>(n);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dx[j] = inv * (dy[j] - s1 - y[j] * s2);
+}
+
+static inline __attribute__((always_inline)) void ln_fwd_gates_impl(int64_t M, int64_t H,
+                                                                     const LnStep& s) {
+  const int64_t G = 4 * H;
+  for (int64_t b = 0; b < M; ++b) {
+    float* __restrict ar = s.a + b * G;
+    const float* __restrict zr = s.z + b * G;
+    float* __restrict nr = s.n + b * G;
+    const float* __restrict cp = s.c_prev + b * H;
+    float* __restrict cr = s.c + b * H;
+    float* __restrict mr = s.m + b * H;
+    float* __restrict hr = s.h + b * H;
+#pragma omp simd
+    for (int64_t j = 0; j < G; ++j) ar[j] += zr[j];
+    for (int64_t k = 0; k < 4; ++k) {
+      float mean, inv;
+      moments(ar + k * H, H, mean, inv);
+      s.ginv[b * 4 + k] = inv;
+#pragma omp simd
+      for (int64_t j = k * H; j < (k + 1) * H; ++j) nr[j] = (ar[j] - mean) * inv;
+    }
+    const float* __restrict gs = s.gscale;
+    const float* __restrict bs = s.bias;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      float i = fast_sigmoid(nr[j] * gs[j] + bs[j]);
+      float f = fast_sigmoid(nr[H + j] * gs[H + j] + bs[H + j]);
+      float g = fast_tanh(nr[2 * H + j] * gs[2 * H + j] + bs[2 * H + j]);
+      float o = fast_sigmoid(nr[3 * H + j] * gs[3 * H + j] + bs[3 * H + j]);
+      ar[j] = i;
+      ar[H + j] = f;
+      ar[2 * H + j] = g;
+      ar[3 * H + j] = o;
+      cr[j] = f * cp[j] + i * g;
+    }
+    float mean, inv;
+    moments(cr, H, mean, inv);
+    s.cinv[b] = inv;
+    const float* __restrict cs = s.cscale;
+    const float* __restrict ch = s.cshift;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const float m = (cr[j] - mean) * inv;
+      mr[j] = m;
+      hr[j] = ar[3 * H + j] * fast_tanh(m * cs[j] + ch[j]);
+    }
+  }
+}
+
+static inline __attribute__((always_inline)) void ln_bwd_gates_impl(int64_t M, int64_t H,
+                                                                     const LnStep& s) {
+  const int64_t G = 4 * H;
+  const float* __restrict gs = s.gscale;
+  const float* __restrict cs = s.cscale;
+  const float* __restrict ch = s.cshift;
+  for (int64_t b = 0; b < M; ++b) {
+    const float* __restrict ar = s.a + b * G;
+    const float* __restrict nr = s.n + b * G;
+    const float* __restrict mr = s.m + b * H;
+    const float* __restrict cp = s.c_prev + b * H;
+    const float* __restrict dho = s.dh_out + b * H;
+    const float* __restrict dhn = s.dh_next + b * H;
+    float* __restrict dcr = s.dc_carry + b * H;
+    float* __restrict dzr = s.dz + b * G;
+    float* __restrict dar = s.da + b * G;
+    float* __restrict dur = s.du + b * H;
+    // The output gate and the gradient of the normalised cell state (in dz's i block).
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const float o = ar[3 * H + j];
+      const float tc = fast_tanh(mr[j] * cs[j] + ch[j]);
+      const float dh = dho[j] + dhn[j];
+      const float du = dh * o * (1.0f - tc * tc);
+      dur[j] = du;
+      dzr[j] = du * cs[j];
+      dar[3 * H + j] = dh * tc * o * (1.0f - o);
+    }
+    // dc from the normalisation (in dz's f block), then the other gates.
+    normalise_backward(H, s.cinv[b], mr, dzr, dzr + H);
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const float i = ar[j], f = ar[H + j], g = ar[2 * H + j];
+      const float dc = dcr[j] + dzr[H + j];
+      dar[j] = dc * g * i * (1.0f - i);
+      dar[H + j] = dc * cp[j] * f * (1.0f - f);
+      dar[2 * H + j] = dc * i * (1.0f - g * g);
+      dcr[j] = dc * f;
+    }
+    // Through each gate's normalisation: dn = da * gate_scale (in dz), then dp.
+#pragma omp simd
+    for (int64_t j = 0; j < G; ++j) dzr[j] = dar[j] * gs[j];
+    for (int64_t k = 0; k < 4; ++k)
+      normalise_backward(H, s.ginv[b * 4 + k], nr + k * H, dzr + k * H, dzr + k * H);
+  }
+}
+
+using LnGates = void (*)(int64_t, int64_t, const LnStep&);
+
+#define LN_GATE_VARIANT(suffix, attr)                                             \
+  attr void ln_fwd_gates_##suffix(int64_t M, int64_t H, const LnStep& s) {        \
+    ln_fwd_gates_impl(M, H, s);                                                   \
+  }                                                                               \
+  attr void ln_bwd_gates_##suffix(int64_t M, int64_t H, const LnStep& s) {        \
+    ln_bwd_gates_impl(M, H, s);                                                   \
+  }
+
+LN_GATE_VARIANT(generic, )
+#ifdef LSTMGEN_X86
+LN_GATE_VARIANT(avx2, __attribute__((target("avx2,fma"))))
 #endif
 
 // ---------------------------------------------------------------------------------------
@@ -326,6 +510,8 @@ using PackedGemm = void (*)(int64_t, const float*, int64_t, const PackedB&, floa
 struct Dispatch {
   FwdGates fwd = fwd_gates_generic;
   BwdGates bwd = bwd_gates_generic;
+  LnGates ln_fwd = ln_fwd_gates_generic;
+  LnGates ln_bwd = ln_bwd_gates_generic;
   PackedGemm gemm = nullptr;  // nullptr: OpenBLAS's sgemm for the per-step products
   const char* name = "generic";
   Dispatch() {
@@ -334,6 +520,8 @@ struct Dispatch {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
       fwd = fwd_gates_avx2;
       bwd = bwd_gates_avx2;
+      ln_fwd = ln_fwd_gates_avx2;
+      ln_bwd = ln_bwd_gates_avx2;
       gemm = gemm_packed_avx2;
       name = "avx2+fma";
     }
@@ -427,32 +615,13 @@ bool plan_packed(const Dispatch& d, int64_t K, int64_t N, PackedB& pb) {
   return pb.data != nullptr;
 }
 
-ffi::Error LstmFwdImpl(ffi::Buffer<ffi::F32> zs, ffi::Buffer<ffi::F32> h0,
-                       ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> recurrent,
-                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> hs,
-                       ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> acts,
-                       ffi::ResultBuffer<ffi::F32> h_last,
-                       ffi::ResultBuffer<ffi::F32> c_last) {
-  auto zd = zs.dimensions();
-  auto rd = recurrent.dimensions();
-  if (zd.size() != 3 || rd.size() != 2) {
-    return ffi::Error::InvalidArgument("lstm_fwd: zs must be (T, B, 4H), recurrent (H, 4H)");
-  }
-  const int64_t T = zd[0], B = zd[1], G = zd[2], H = rd[0];
-  if (G != 4 * H || rd[1] != G || h0.element_count() != B * H ||
-      c0.element_count() != B * H || bias.element_count() != G) {
-    return ffi::Error::InvalidArgument("lstm_fwd: inconsistent shapes");
-  }
-  const float* z = zs.typed_data();
-  const float* R = recurrent.typed_data();
-  const float* bs = bias.typed_data();
-  const float* h0d = h0.typed_data();
-  const float* c0d = c0.typed_data();
-  float* hsd = hs->typed_data();
-  float* csd = cs->typed_data();
-  float* ad = acts->typed_data();
-  float* hl = h_last->typed_data();
-  float* cl = c_last->typed_data();
+// The forward time loop, each worker on its chunk of rows: per step a = h_prev @ recurrent
+// (a_at(t, b0): the step's (M, 4H) rows), then gates(M, t, b0, a, c_prev, c_out, h_out).
+template <class Gates>
+void forward_loop(int64_t T, int64_t B, int64_t H, const float* R, const float* h0d,
+                  const float* c0d, float* hsd, float* csd, float* ad, float* hl, float* cl,
+                  Gates&& gates) {
+  const int64_t G = 4 * H;
   const Dispatch& d = dispatch();
   // B operand of a = h_prev @ recurrent: recurrent itself, K = H, N = 4H.
   PackedB pb;
@@ -474,13 +643,72 @@ ffi::Error LstmFwdImpl(ffi::Buffer<ffi::F32> zs, ffi::Buffer<ffi::F32> h0,
       }
       float* c_out = csd + (t * B + b0) * H;
       float* h_out = hsd + (t * B + b0) * H;
-      d.fwd(M, H, z + (t * B + b0) * G, bs, a, c_prev, c_out, h_out);
+      gates(M, t, b0, a, c_prev, c_out, h_out);
       h_prev = h_out;
       c_prev = c_out;
     }
     std::memcpy(hl + b0 * H, h_prev, sizeof(float) * M * H);
     std::memcpy(cl + b0 * H, c_prev, sizeof(float) * M * H);
   });
+}
+
+// The backward time loop: per step (last first) gates(M, t, b0, c_prev, dh, dc, dz_t) with
+// dh the carried gradient of h_t and dc that of c_t, then dh = dz_t @ recurrent^T.
+template <class Gates>
+void backward_loop(int64_t T, int64_t B, int64_t H, const float* R, const float* c,
+                   const float* c0d, float* dzd, float* dh_all, float* dc_all, Gates&& gates) {
+  const int64_t G = 4 * H;
+  const Dispatch& d = dispatch();
+  // B operand of dh = dz_t @ recurrent^T: recurrent^T, K = 4H, N = H.
+  PackedB pb;
+  const bool packed = T > 0 && B > 0 && plan_packed(d, G, H, pb);
+  auto pack = [&](int64_t u0, int64_t u1) { pack_b(pb, R, G, true, u0, u1); };
+  for_row_chunks(B, packed ? pb.units() : 0, pack, [&](int64_t b0, int64_t b1) {
+    const int64_t M = b1 - b0;
+    if (M <= 0) return;
+    float* dh = dh_all + b0 * H;
+    float* dc = dc_all + b0 * H;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const float* c_prev = t > 0 ? c + ((t - 1) * B + b0) * H : c0d + b0 * H;
+      float* dz_t = dzd + (t * B + b0) * G;
+      gates(M, t, b0, c_prev, dh, dc, dz_t);
+      // dh = dz_t @ recurrent^T   (M,4H) x (4H,H)
+      if (packed) {
+        d.gemm(M, dz_t, G, pb, dh, H);
+      } else {
+        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)H, (int)G,
+                          1.0f, dz_t, (int)G, R, (int)G, 0.0f, dh, (int)H);
+      }
+    }
+  });
+}
+
+ffi::Error LstmFwdImpl(ffi::Buffer<ffi::F32> zs, ffi::Buffer<ffi::F32> h0,
+                       ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> recurrent,
+                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> hs,
+                       ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> acts,
+                       ffi::ResultBuffer<ffi::F32> h_last,
+                       ffi::ResultBuffer<ffi::F32> c_last) {
+  auto zd = zs.dimensions();
+  auto rd = recurrent.dimensions();
+  if (zd.size() != 3 || rd.size() != 2) {
+    return ffi::Error::InvalidArgument("lstm_fwd: zs must be (T, B, 4H), recurrent (H, 4H)");
+  }
+  const int64_t T = zd[0], B = zd[1], G = zd[2], H = rd[0];
+  if (G != 4 * H || rd[1] != G || h0.element_count() != B * H ||
+      c0.element_count() != B * H || bias.element_count() != G) {
+    return ffi::Error::InvalidArgument("lstm_fwd: inconsistent shapes");
+  }
+  const float* z = zs.typed_data();
+  const float* bs = bias.typed_data();
+  const Dispatch& d = dispatch();
+  forward_loop(T, B, H, recurrent.typed_data(), h0.typed_data(), c0.typed_data(),
+               hs->typed_data(), cs->typed_data(), acts->typed_data(), h_last->typed_data(),
+               c_last->typed_data(),
+               [&](int64_t M, int64_t t, int64_t b0, float* a, const float* c_prev,
+                   float* c_out, float* h_out) {
+                 d.fwd(M, H, z + (t * B + b0) * G, bs, a, c_prev, c_out, h_out);
+               });
   return ffi::Error::Success();
 }
 
@@ -502,39 +730,131 @@ ffi::Error LstmBwdImpl(ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> cs,
   }
   const float* a = acts.typed_data();
   const float* c = cs.typed_data();
-  const float* c0d = c0.typed_data();
   const float* dho = d_hs.typed_data();
-  const float* R = recurrent.typed_data();
-  float* dzd = dz->typed_data();
   // The carries live in the outputs: dh (gradient of h_t from step t+1) and dc.
   float* dh_all = dh0->typed_data();
   float* dc_all = dc0->typed_data();
   std::memcpy(dh_all, d_h_last.typed_data(), sizeof(float) * B * H);
   std::memcpy(dc_all, d_c_last.typed_data(), sizeof(float) * B * H);
   const Dispatch& d = dispatch();
-  // B operand of dh = dz_t @ recurrent^T: recurrent^T, K = 4H, N = H.
-  PackedB pb;
-  const bool packed = T > 0 && B > 0 && plan_packed(d, G, H, pb);
-  auto pack = [&](int64_t u0, int64_t u1) { pack_b(pb, R, G, true, u0, u1); };
-  for_row_chunks(B, packed ? pb.units() : 0, pack, [&](int64_t b0, int64_t b1) {
-    const int64_t M = b1 - b0;
-    if (M <= 0) return;
-    float* dh = dh_all + b0 * H;
-    float* dc = dc_all + b0 * H;
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const float* c_prev = t > 0 ? c + ((t - 1) * B + b0) * H : c0d + b0 * H;
-      float* dz_t = dzd + (t * B + b0) * G;
-      d.bwd(M, H, a + (t * B + b0) * G, c_prev, c + (t * B + b0) * H, dho + (t * B + b0) * H,
-            dh, dc, dz_t);
-      // dh = dz_t @ recurrent^T   (M,4H) x (4H,H)
-      if (packed) {
-        d.gemm(M, dz_t, G, pb, dh, H);
-      } else {
-        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)H, (int)G,
-                          1.0f, dz_t, (int)G, R, (int)G, 0.0f, dh, (int)H);
-      }
-    }
-  });
+  backward_loop(T, B, H, recurrent.typed_data(), c, c0.typed_data(), dz->typed_data(), dh_all,
+                dc_all,
+                [&](int64_t M, int64_t t, int64_t b0, const float* c_prev, float* dh,
+                    float* dc, float* dz_t) {
+                  const int64_t at = t * B + b0;
+                  d.bwd(M, H, a + at * G, c_prev, c + at * H, dho + at * H, dh, dc, dz_t);
+                });
+  return ffi::Error::Success();
+}
+
+// The layer-normalised cell (see LnStep): the same loops, the statistics saved for the
+// backward pass.
+ffi::Error LstmLnFwdImpl(ffi::Buffer<ffi::F32> zs, ffi::Buffer<ffi::F32> h0,
+                         ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> recurrent,
+                         ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> gate_scale,
+                         ffi::Buffer<ffi::F32> cell_scale, ffi::Buffer<ffi::F32> cell_shift,
+                         ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs,
+                         ffi::ResultBuffer<ffi::F32> acts, ffi::ResultBuffer<ffi::F32> ns,
+                         ffi::ResultBuffer<ffi::F32> ginv, ffi::ResultBuffer<ffi::F32> ms,
+                         ffi::ResultBuffer<ffi::F32> cinv, ffi::ResultBuffer<ffi::F32> h_last,
+                         ffi::ResultBuffer<ffi::F32> c_last) {
+  auto zd = zs.dimensions();
+  auto rd = recurrent.dimensions();
+  if (zd.size() != 3 || rd.size() != 2) {
+    return ffi::Error::InvalidArgument("lstm_ln_fwd: zs must be (T, B, 4H), recurrent (H, 4H)");
+  }
+  const int64_t T = zd[0], B = zd[1], G = zd[2], H = rd[0];
+  if (G != 4 * H || rd[1] != G || h0.element_count() != B * H ||
+      c0.element_count() != B * H || bias.element_count() != G ||
+      gate_scale.element_count() != G || cell_scale.element_count() != H ||
+      cell_shift.element_count() != H) {
+    return ffi::Error::InvalidArgument("lstm_ln_fwd: inconsistent shapes");
+  }
+  LnStep base{};
+  base.bias = bias.typed_data();
+  base.gscale = gate_scale.typed_data();
+  base.cscale = cell_scale.typed_data();
+  base.cshift = cell_shift.typed_data();
+  const float* z = zs.typed_data();
+  float* nd = ns->typed_data();
+  float* gid = ginv->typed_data();
+  float* md = ms->typed_data();
+  float* cid = cinv->typed_data();
+  const Dispatch& d = dispatch();
+  forward_loop(T, B, H, recurrent.typed_data(), h0.typed_data(), c0.typed_data(),
+               hs->typed_data(), cs->typed_data(), acts->typed_data(), h_last->typed_data(),
+               c_last->typed_data(),
+               [&](int64_t M, int64_t t, int64_t b0, float* a, const float* c_prev,
+                   float* c_out, float* h_out) {
+                 const int64_t at = t * B + b0;
+                 LnStep s = base;
+                 s.z = z + at * G, s.a = a, s.n = nd + at * G, s.ginv = gid + at * 4;
+                 s.m = md + at * H, s.cinv = cid + at, s.c_prev = c_prev, s.c = c_out;
+                 s.h = h_out;
+                 d.ln_fwd(M, H, s);
+               });
+  return ffi::Error::Success();
+}
+
+ffi::Error LstmLnBwdImpl(ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> ns,
+                         ffi::Buffer<ffi::F32> ginv, ffi::Buffer<ffi::F32> ms,
+                         ffi::Buffer<ffi::F32> cinv, ffi::Buffer<ffi::F32> cs,
+                         ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> d_hs,
+                         ffi::Buffer<ffi::F32> d_h_last, ffi::Buffer<ffi::F32> d_c_last,
+                         ffi::Buffer<ffi::F32> recurrent, ffi::Buffer<ffi::F32> gate_scale,
+                         ffi::Buffer<ffi::F32> cell_scale, ffi::Buffer<ffi::F32> cell_shift,
+                         ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> da,
+                         ffi::ResultBuffer<ffi::F32> du, ffi::ResultBuffer<ffi::F32> dh0,
+                         ffi::ResultBuffer<ffi::F32> dc0) {
+  auto ad = acts.dimensions();
+  auto rd = recurrent.dimensions();
+  if (ad.size() != 3 || rd.size() != 2) {
+    return ffi::Error::InvalidArgument(
+        "lstm_ln_bwd: acts must be (T, B, 4H), recurrent (H, 4H)");
+  }
+  const int64_t T = ad[0], B = ad[1], G = ad[2], H = rd[0];
+  if (G != 4 * H || rd[1] != G || ns.element_count() != T * B * G ||
+      ginv.element_count() != T * B * 4 || ms.element_count() != T * B * H ||
+      cinv.element_count() != T * B || cs.element_count() != T * B * H ||
+      d_hs.element_count() != T * B * H || c0.element_count() != B * H ||
+      d_h_last.element_count() != B * H || d_c_last.element_count() != B * H ||
+      gate_scale.element_count() != G || cell_scale.element_count() != H ||
+      cell_shift.element_count() != H) {
+    return ffi::Error::InvalidArgument("lstm_ln_bwd: inconsistent shapes");
+  }
+  LnStep base{};
+  base.gscale = gate_scale.typed_data();
+  base.cscale = cell_scale.typed_data();
+  base.cshift = cell_shift.typed_data();
+  const float* a = acts.typed_data();
+  const float* nd = ns.typed_data();
+  const float* gid = ginv.typed_data();
+  const float* md = ms.typed_data();
+  const float* cid = cinv.typed_data();
+  const float* dho = d_hs.typed_data();
+  float* dad = da->typed_data();
+  float* dud = du->typed_data();
+  float* dh_all = dh0->typed_data();
+  float* dc_all = dc0->typed_data();
+  std::memcpy(dh_all, d_h_last.typed_data(), sizeof(float) * B * H);
+  std::memcpy(dc_all, d_c_last.typed_data(), sizeof(float) * B * H);
+  const Dispatch& d = dispatch();
+  backward_loop(T, B, H, recurrent.typed_data(), cs.typed_data(), c0.typed_data(),
+                dz->typed_data(), dh_all, dc_all,
+                [&](int64_t M, int64_t t, int64_t b0, const float* c_prev, float* dh,
+                    float* dc, float* dz_t) {
+                  const int64_t at = t * B + b0;
+                  LnStep s = base;
+                  // The gates read only: the pointers are const in use.
+                  s.a = const_cast<float*>(a + at * G);
+                  s.n = const_cast<float*>(nd + at * G);
+                  s.ginv = const_cast<float*>(gid + at * 4);
+                  s.m = const_cast<float*>(md + at * H);
+                  s.cinv = const_cast<float*>(cid + at);
+                  s.c_prev = c_prev, s.dh_out = dho + at * H, s.dh_next = dh;
+                  s.dc_carry = dc, s.dz = dz_t, s.da = dad + at * G, s.du = dud + at * H;
+                  d.ln_bwd(M, H, s);
+                });
   return ffi::Error::Success();
 }
 
@@ -563,6 +883,48 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBwd, LstmBwdImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d_c_last
                                   .Arg<ffi::Buffer<ffi::F32>>()  // recurrent
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dz
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // dc0
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmLnFwd, LstmLnFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // zs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // recurrent
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // gate_scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cell_scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cell_shift
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // hs
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // cs
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // acts
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // ns
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // ginv
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // ms
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // cinv
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // h_last
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // c_last
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmLnBwd, LstmLnBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // acts
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ns
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ginv
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ms
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cinv
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d_hs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d_h_last
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d_c_last
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // recurrent
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // gate_scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cell_scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cell_shift
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // da
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // du
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0
                                   .Ret<ffi::Buffer<ffi::F32>>());  // dc0
 
