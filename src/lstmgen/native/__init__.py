@@ -208,25 +208,26 @@ def _make_ln_recurrence():
     return recurrence
 
 
+def _built_once(key: str, make):
+    """``make()``'s function, made once and kept, or ``None`` when the library is
+    unavailable."""
+    if library() is None:
+        return None
+    with _LOCK:
+        if key not in _STATE:
+            _STATE[key] = make()
+        return _STATE[key]
+
+
 def ln_recurrence_or_none():
     """The native layer-normalised recurrence
     ``(zs, h0, c0, recurrent, bias, gate_scale, cell_scale, cell_shift) -> (hs, h_last,
     c_last)`` (the maths of :func:`lstmgen.layers._ln_recurrence`), or ``None`` when the
     library is unavailable."""
-    if library() is None:
-        return None
-    with _LOCK:
-        if "ln_recurrence" not in _STATE:
-            _STATE["ln_recurrence"] = _make_ln_recurrence()
-        return _STATE["ln_recurrence"]
+    return _built_once("ln_recurrence", _make_ln_recurrence)
 
 
 def recurrence_or_none():
     """The native ``recurrence(zs, h0, c0, recurrent, bias) -> (hs, h_last, c_last)``
     (float32, time-major ``zs``), or ``None`` when the library is unavailable."""
-    if library() is None:
-        return None
-    with _LOCK:
-        if "recurrence" not in _STATE:
-            _STATE["recurrence"] = _make_recurrence()
-        return _STATE["recurrence"]
+    return _built_once("recurrence", _make_recurrence)
