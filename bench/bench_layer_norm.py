@@ -20,26 +20,13 @@ from _common import header, interleaved, load  # noqa: E402
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-VOCAB = 65
-
-
 def training_step(units: int, batch: int, seq: int, layer_norm: bool):
-    import keras
-    import numpy as np
+    """``bench_training.py``'s compiled Keras step on the recipe's model."""
+    import bench_training as bt
 
-    from lstmgen.model import LanguageModel, ModelConfig
-
-    keras.utils.set_random_seed(0)
-    lm = LanguageModel(ModelConfig(embedding_dim=64, units=units, dropout=0.4,
-                                   weight_drop=0.2, layer_norm=layer_norm), VOCAB)
-    model = lm.training_model
-    model.compile(optimizer=keras.optimizers.Adam(2e-3, clipnorm=5.0),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, VOCAB, (batch, seq)).astype("int32")
-    y = rng.integers(0, VOCAB, (batch, seq)).astype("int32")
-    model.train_on_batch(x, y)  # traced and compiled here
-    return lambda: model.train_on_batch(x, y)
+    bt.EMBED, bt.BATCH, bt.SEQ = 64, batch, seq
+    bt.MODEL = {"dropout": 0.4, "weight_drop": 0.2, "layer_norm": layer_norm}
+    return bt.keras_step(units, stock=False)
 
 
 def recurrence_steps(units: int, batch: int, seq: int) -> dict:

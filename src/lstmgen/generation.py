@@ -129,11 +129,12 @@ def step_weights(weights: dict, config: ModelConfig) -> dict:
         layer = {"recurrent": w["recurrent"], "kernel": kernel, "bias": input_bias}
         if cell == "gru":
             layer["recurrent_bias"] = bias[1]
-        if "norm" in w:  # the bias is added after the normalisation, not in the projection
+        if "norm" in w:
             layer["norm"] = list(w["norm"])
-            input_bias = np.zeros_like(input_bias)
         if i == 0:
-            layer["table"] = weights["embedding"] @ kernel + input_bias
+            table = weights["embedding"] @ kernel
+            # With the normalisation the bias is added after it, not in the projection.
+            layer["table"] = table if "norm" in w else table + input_bias
         layers.append(layer)
     tied = weights["embedding"] if config.tie_embeddings else None
     return {"layers": layers, "head": list(weights["head"]), "tied": tied,

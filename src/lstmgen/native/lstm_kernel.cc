@@ -616,7 +616,7 @@ bool plan_packed(const Dispatch& d, int64_t K, int64_t N, PackedB& pb) {
 }
 
 // The forward time loop, each worker on its chunk of rows: per step a = h_prev @ recurrent
-// (a_at(t, b0): the step's (M, 4H) rows), then gates(M, t, b0, a, c_prev, c_out, h_out).
+// (the step's (M, 4H) rows of acts), then gates(M, t, b0, a, c_prev, c_out, h_out).
 template <class Gates>
 void forward_loop(int64_t T, int64_t B, int64_t H, const float* R, const float* h0d,
                   const float* c0d, float* hsd, float* csd, float* ad, float* hl, float* cl,
@@ -653,11 +653,16 @@ void forward_loop(int64_t T, int64_t B, int64_t H, const float* R, const float* 
 }
 
 // The backward time loop: per step (last first) gates(M, t, b0, c_prev, dh, dc, dz_t) with
-// dh the carried gradient of h_t and dc that of c_t, then dh = dz_t @ recurrent^T.
+// dh the carried gradient of h_t and dc that of c_t, then dh = dz_t @ recurrent^T. The
+// carries live in the outputs dh_all and dc_all (dh0, dc0 at the end), starting from the
+// final states' gradients d_h_last and d_c_last.
 template <class Gates>
 void backward_loop(int64_t T, int64_t B, int64_t H, const float* R, const float* c,
-                   const float* c0d, float* dzd, float* dh_all, float* dc_all, Gates&& gates) {
+                   const float* c0d, const float* d_h_last, const float* d_c_last, float* dzd,
+                   float* dh_all, float* dc_all, Gates&& gates) {
   const int64_t G = 4 * H;
+  std::memcpy(dh_all, d_h_last, sizeof(float) * B * H);
+  std::memcpy(dc_all, d_c_last, sizeof(float) * B * H);
   const Dispatch& d = dispatch();
   // B operand of dh = dz_t @ recurrent^T: recurrent^T, K = 4H, N = H.
   PackedB pb;
@@ -731,14 +736,9 @@ ffi::Error LstmBwdImpl(ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> cs,
   const float* a = acts.typed_data();
   const float* c = cs.typed_data();
   const float* dho = d_hs.typed_data();
-  // The carries live in the outputs: dh (gradient of h_t from step t+1) and dc.
-  float* dh_all = dh0->typed_data();
-  float* dc_all = dc0->typed_data();
-  std::memcpy(dh_all, d_h_last.typed_data(), sizeof(float) * B * H);
-  std::memcpy(dc_all, d_c_last.typed_data(), sizeof(float) * B * H);
   const Dispatch& d = dispatch();
-  backward_loop(T, B, H, recurrent.typed_data(), c, c0.typed_data(), dz->typed_data(), dh_all,
-                dc_all,
+  backward_loop(T, B, H, recurrent.typed_data(), c, c0.typed_data(), d_h_last.typed_data(),
+                d_c_last.typed_data(), dz->typed_data(), dh0->typed_data(), dc0->typed_data(),
                 [&](int64_t M, int64_t t, int64_t b0, const float* c_prev, float* dh,
                     float* dc, float* dz_t) {
                   const int64_t at = t * B + b0;
@@ -834,13 +834,10 @@ ffi::Error LstmLnBwdImpl(ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> ns,
   const float* dho = d_hs.typed_data();
   float* dad = da->typed_data();
   float* dud = du->typed_data();
-  float* dh_all = dh0->typed_data();
-  float* dc_all = dc0->typed_data();
-  std::memcpy(dh_all, d_h_last.typed_data(), sizeof(float) * B * H);
-  std::memcpy(dc_all, d_c_last.typed_data(), sizeof(float) * B * H);
   const Dispatch& d = dispatch();
   backward_loop(T, B, H, recurrent.typed_data(), cs.typed_data(), c0.typed_data(),
-                dz->typed_data(), dh_all, dc_all,
+                d_h_last.typed_data(), d_c_last.typed_data(), dz->typed_data(),
+                dh0->typed_data(), dc0->typed_data(),
                 [&](int64_t M, int64_t t, int64_t b0, const float* c_prev, float* dh,
                     float* dc, float* dz_t) {
                   const int64_t at = t * B + b0;
