@@ -269,12 +269,13 @@ def test_weight_drop_needs_the_fused_loop_and_says_so():
 
 
 def ln_layer(units=4, seed=3):
-    """A layer-normalised FusedLSTM with random weights, scales and shifts."""
+    """A layer-normalised FusedLSTM with random weights, scales and shifts, all drawn from
+    `seed` alone (not from Keras's initialisers, whose draws depend on the tests run before)."""
     rng = np.random.default_rng(seed)
     layer = FusedLSTM(units, return_sequences=True, return_state=True, layer_norm=True)
     layer(X)
-    layer.set_weights([w + rng.normal(size=w.shape).astype("float32") * 0.3
-                       for w in layer.get_weights()])
+    layer.set_weights([(w.path.endswith("scale") + rng.normal(size=w.shape) * 0.5)
+                       .astype("float32") for w in layer.weights])
     return layer
 
 
@@ -313,14 +314,15 @@ def test_layer_norm_makes_the_cell_blind_to_the_weights_scale():
     before = np.asarray(layer(X, initial_state=[H0, C0])[0])
     kernel, recurrent = layer.cell.kernel, layer.cell.recurrent_kernel
     kernel.assign(np.asarray(kernel) * 3), recurrent.assign(np.asarray(recurrent) * 3)
+    # Not exact: the variance's epsilon (1e-5) does not scale (2e-5 apart at these weights).
     np.testing.assert_allclose(np.asarray(layer(X, initial_state=[H0, C0])[0]), before,
                                atol=1e-4)
     layer.cell_shift.assign(np.asarray(layer.cell_shift) + 0.5)
-    assert np.abs(np.asarray(layer(X, initial_state=[H0, C0])[0]) - before).max() > 0.01
+    assert np.abs(np.asarray(layer(X, initial_state=[H0, C0])[0]) - before).max() > 0.1
     _, plain = pair()
     plain_before = np.asarray(plain(X)[0])
     plain.cell.kernel.assign(np.asarray(plain.cell.kernel) * 3)
-    assert np.abs(np.asarray(plain(X)[0]) - plain_before).max() > 0.01
+    assert np.abs(np.asarray(plain(X)[0]) - plain_before).max() > 0.1
 
 
 def test_layer_norm_is_a_model_setting_saved_with_the_run():
