@@ -118,6 +118,15 @@ def set_threads(n: int) -> None:
         lib.lstmgen_set_threads(int(n))
 
 
+def _recurrent_gradient(h0, hs, dz):
+    """The recurrent kernel's gradient, sum over t of h_{t-1}^T dz_t, as one large XLA
+    product over all timesteps (as in the JAX path), not a product per step."""
+    import jax.numpy as jnp
+
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+    return jnp.einsum("tbh,tbg->hg", h_prev, dz)
+
+
 def _make_recurrence():
     import jax
     import jax.numpy as jnp
@@ -151,10 +160,7 @@ def _make_recurrence():
         h0, c0, recurrent, hs, cs, acts = saved
         d_hs, d_h_last, d_c_last = grads
         dz, dh0, dc0 = backward(acts, cs, c0, d_hs, d_h_last, d_c_last, recurrent)
-        # As in the JAX path: the weight gradients are single large XLA products.
-        h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
-        d_recurrent = jnp.einsum("tbh,tbg->hg", h_prev, dz)
-        return dz, dh0, dc0, d_recurrent, dz.sum(axis=(0, 1))
+        return dz, dh0, dc0, _recurrent_gradient(h0, hs, dz), dz.sum(axis=(0, 1))
 
     recurrence.defvjp(recurrence_fwd, recurrence_bwd)
     return recurrence
@@ -199,9 +205,7 @@ def _make_ln_recurrence():
         dz, da, du, dh0, dc0 = jax.ffi.ffi_call(LN_BWD_TARGET, out, vmap_method="sequential")(
             acts, ns, ginv, ms, cinv, cs, c0, d_hs, d_h_last, d_c_last, recurrent, gate_scale,
             cell_scale, cell_shift)
-        h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
-        d_recurrent = jnp.einsum("tbh,tbg->hg", h_prev, dz)
-        return (dz, dh0, dc0, d_recurrent, da.sum(axis=(0, 1)),
+        return (dz, dh0, dc0, _recurrent_gradient(h0, hs, dz), da.sum(axis=(0, 1)),
                 (da * ns).sum(axis=(0, 1)), (du * ms).sum(axis=(0, 1)), du.sum(axis=(0, 1)))
 
     recurrence.defvjp(recurrence_fwd, recurrence_bwd)

@@ -220,9 +220,9 @@ static inline __attribute__((always_inline)) void moments(const float* __restric
 }
 
 // dx of y = (x - mean) * inv given dy and y over n units: inv * (dy - mean(dy) - y * mean(dy * y)).
+// dx may be dy (in place), so neither is __restrict; each dx[j] reads only dy[j].
 static inline __attribute__((always_inline)) void normalise_backward(
-    int64_t n, float inv, const float* __restrict y, const float* __restrict dy,
-    float* __restrict dx) {
+    int64_t n, float inv, const float* __restrict y, const float* dy, float* dx) {
   float s1 = 0.0f, s2 = 0.0f;
 #pragma omp simd reduction(+ : s1, s2)
   for (int64_t j = 0; j < n; ++j) {
